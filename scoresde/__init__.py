@@ -1,0 +1,24 @@
+"""scoresde: score-based generative modeling as continuous SDEs and ODEs.
+
+Public API:
+    SDEs         VPSDE, SubVPSDE, VESDE, EDMSDE, CosineVPSDE, get_sde, ReverseSDE, ProbabilityFlowODE
+    model        ScoreModel (score / eps / x0 / v predictions, counted NFE), CountingModel
+    testbeds     GaussianMixture, get_testbed (gaussian, ring, grid, high_dim, digits)
+    solvers      SOLVERS, get_solver, Solver, make_grid, TimeGrid, PerSampleNoise
+    sampling     sample
+"""
+from scoresde.models import CountingModel, ScoreModel
+from scoresde.sampling import sample
+from scoresde.sde import (EDMSDE, SDE, SDES, VESDE, VPSDE, CosineVPSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE,
+                          get_sde)
+from scoresde.solvers import (GRIDS, SOLVERS, GeneratorNoise, PerSampleNoise, Solver, StepInfo, TimeGrid,
+                              get_solver, make_grid)
+from scoresde.testbeds import GaussianMixture, get_testbed
+from scoresde.utils import append_dims
+
+__version__ = "0.1.0"
+
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "CosineVPSDE", "SDES", "get_sde", "ReverseSDE",
+           "ProbabilityFlowODE", "ScoreModel", "CountingModel", "GaussianMixture", "get_testbed", "SOLVERS",
+           "GRIDS", "Solver", "StepInfo", "TimeGrid", "get_solver", "make_grid", "GeneratorNoise", "PerSampleNoise",
+           "sample", "append_dims", "__version__"]

@@ -1,0 +1,21 @@
+"""Forward SDEs (math only) and the reverse dynamics derived from them."""
+from __future__ import annotations
+
+from scoresde.sde.base import SDE
+from scoresde.sde.edm import EDMSDE
+from scoresde.sde.reverse import ProbabilityFlowODE, ReverseSDE
+from scoresde.sde.ve import VESDE
+from scoresde.sde.vp import CosineVPSDE, SubVPSDE, VPSDE
+
+SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE, "cosine": CosineVPSDE}
+
+
+def get_sde(name: str, **kwargs: float) -> SDE:
+    """Build an SDE by name (``vp``, ``subvp``, ``ve``, ``edm``, ``cosine``)."""
+    if name not in SDES:
+        raise KeyError(f"unknown SDE {name!r}; known SDEs: {', '.join(sorted(SDES))}")
+    return SDES[name](**kwargs)
+
+
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "CosineVPSDE", "ReverseSDE", "ProbabilityFlowODE",
+           "SDES", "get_sde"]

@@ -1,0 +1,88 @@
+"""Single-step samplers of the reverse SDE and of the DDPM chain (Song et al. 2021; Ho et al. 2020).
+
+All three are written through the SDE's exact forward kernel between grid points,
+``x_t = a·x_{t'} + √var·z`` (:meth:`SDE.transition`), or its drift and diffusion, so none of
+them knows which SDE it runs on.
+"""
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from scoresde.solvers.base import Solver, StepContext, register
+
+VARIANCES = ("beta", "posterior")
+
+
+def add_noise(x_mean: Tensor, std: float, ctx: StepContext) -> Tensor:
+    """``x_mean + std·z``; the last step adds none (Ho et al.'s z = 0 at t = 1; score_sde's noise removal)."""
+    if ctx.last or std == 0:
+        return x_mean
+    return x_mean + std * ctx.noise(x_mean)
+
+
+@register
+class EulerMaruyama(Solver):
+    """Euler–Maruyama on the reverse SDE (Song et al. 2021, eq. 6 and appendix F):
+    ``x ← x − [f x − g² ∇log p_t] Δt + g √Δt z`` with Δt = t_i − t_{i+1} > 0."""
+
+    name = "euler_maruyama"
+    stochastic, order = True, 0.5
+
+    def step(self, x: Tensor, ctx: StepContext) -> Tensor:
+        t, _, _ = ctx.times(x)
+        dt = ctx.grid.t_list[ctx.i] - ctx.grid.t_list[ctx.i + 1]
+        score = ctx.model.score(x, t)
+        g = ctx.model.sde.diffusion(x, t)
+        x_mean = x - (ctx.model.sde.drift(x, t) - g**2 * score) * dt
+        if ctx.last:
+            return x_mean
+        return x_mean + g * math.sqrt(dt) * ctx.noise(x)
+
+
+@register
+class ReverseDiffusion(Solver):
+    """Reverse-diffusion predictor (Song et al. 2021, eq. 46): with the forward kernel
+    ``x_i = a·x_{i+1} + √var·z``, the reverse step is ``x ← (2 − a)x + var·∇log p + √var·z``."""
+
+    name = "reverse_diffusion"
+    stochastic, order = True, 0.5
+
+    def step(self, x: Tensor, ctx: StepContext) -> Tensor:
+        t, _, _ = ctx.times(x)
+        a, var = ctx.grid.kernel(ctx.i)
+        x_mean = (2 - a) * x + var * ctx.model.score(x, t)
+        return add_noise(x_mean, math.sqrt(var), ctx)
+
+
+@register
+class Ancestral(Solver):
+    """Ancestral sampling of the DDPM chain (Ho et al. 2020, Alg. 2; Song et al. 2021, eq. 47):
+    ``x ← (x + β_i ∇log p)/√α_i + σ_i z`` with ``α_i = a²``, ``β_i = var`` from the forward kernel.
+
+    ``variance="beta"`` takes Ho's σ_i² = β_i (score_sde's VP predictor); ``"posterior"`` takes
+    β̃_i = β_i·std_{i+1}²/std_i² (score_sde's VE predictor; Ho's other choice). On the ``ddpm`` grid
+    this is exactly Ho et al.'s chain with β_i = linspace(β_min/N, β_max/N, N).
+    """
+
+    name = "ancestral"
+    stochastic, order = True, 0.5
+    reaches_data = True  # the step to σ = 0 is Ho's last step: (x + std²∇log p)/s, no noise
+
+    def __init__(self, variance: str = "beta"):
+        if variance not in VARIANCES:
+            raise ValueError(f"ancestral: unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        self.variance = variance
+
+    def options(self) -> dict[str, str]:
+        return {"variance": self.variance}
+
+    def step(self, x: Tensor, ctx: StepContext) -> Tensor:
+        t, sigma, sigma_next = ctx.times(x)
+        a, var = ctx.grid.kernel(ctx.i)
+        x_mean = (x + var * ctx.model.score(x, t)) / a
+        if self.variance == "posterior":
+            var = var * (sigma_next / sigma) ** 2 / a**2
+        return add_noise(x_mean, math.sqrt(var), ctx)
+
