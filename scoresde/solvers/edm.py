@@ -53,8 +53,9 @@ class EDMSampler(Solver):
         x_hat = x / s if s != 1.0 else x
         gamma = min(self.S_churn / grid.steps, math.sqrt(2) - 1) if self.S_tmin <= sigma <= self.S_tmax else 0.0
         sigma_hat = sigma * (1 + gamma)
-        if gamma > 0:
+        if self.stochastic:  # like edm_sampler, draw at every step (γ may be 0) so the noise streams agree
             x_hat = x_hat + math.sqrt(sigma_hat**2 - sigma**2) * self.S_noise * ctx.noise(x_hat)
+        if gamma > 0:
             denoised = self._denoise(ctx, x_hat, sigma_hat)
         else:
             denoised = ctx.model.x0(x, ctx.times(x)[0])  # same as D(x̂; σ_i), without recomputing t(σ)

@@ -9,7 +9,7 @@ from torch import Tensor
 from scoresde.solvers.base import Solver, StepContext, TimeGrid, get_solver, register
 from scoresde.utils import append_dims
 
-NORMS = ("sample", "batch")
+NORMS = ("batch", "sample")
 
 
 def langevin_correct(x: Tensor, ctx: StepContext, n_steps: int, snr: float, norm: str) -> Tensor:
@@ -17,8 +17,10 @@ def langevin_correct(x: Tensor, ctx: StepContext, n_steps: int, snr: float, norm
     ``ε = 2α(r‖z‖/‖∇log p‖)²``, ``x ← x + ε∇log p + √(2ε) z``, with α = α_i = a² of the forward kernel
     (1 for VE, DDPM's α_i for VP and sub-VP, as score_sde).
 
-    ``norm="sample"`` uses each sample's own norms, so a sample does not depend on its batch;
-    ``norm="batch"`` averages the norms over the batch as score_sde does."""
+    ``norm="batch"`` (default) averages the norms over the batch, as score_sde does: stable, but a
+    sample then depends on the rest of its batch. ``norm="sample"`` uses each sample's own norms, as
+    Alg. 4–5 are written, so a sample does not depend on its batch; in very low dimension a sample
+    near a mode has a tiny ‖∇log p‖ and takes huge steps, so keep it for image-sized data."""
     t, _, _ = ctx.times(x)
     alpha = ctx.grid.kernel(ctx.i)[0] ** 2
     for _ in range(n_steps):
@@ -44,7 +46,7 @@ class PredictorCorrector(Solver):
     order = 0.5
 
     def __init__(self, predictor: str = "reverse_diffusion", corrector_steps: int = 1, snr: float = 0.16,
-                 norm: str = "sample", predictor_options: dict | None = None):
+                 norm: str = "batch", predictor_options: dict | None = None):
         if predictor == self.name:
             raise ValueError("pc: the predictor cannot itself be pc")
         self.predictor = None if predictor == "none" else get_solver(predictor, **(predictor_options or {}))
