@@ -5,6 +5,7 @@ eqs. 6 and 13). Every test runs over the whole registry ``scoresde.SDES``."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -30,10 +31,21 @@ def _times(sde: sd.SDE, lo: float, hi: float, n: int) -> torch.Tensor:
 
 # A moderate σ_max for VE and a horizon of a few units for EDM (T = 80), so the simulation stays cheap.
 SIM_KWARGS = {"ve": {"sigma_min": 0.01, "sigma_max": 5.0}}
-SIM_PATHS, SIM_DIMS, SIM_STEPS = 20_000, 2, 2_000
+SIM_PATHS, SIM_STEPS = 20_000, 2_000
 # Euler–Maruyama's weak error with 2000 steps on these horizons, bounded a priori: the exact moments of the
 # EM recursion differ from the continuous ones by < 0.25% (worst: VE variance, ≈ log(σ_max/σ_min)·dt).
 EM_REL_BIAS = 5e-3
+
+
+@contextmanager
+def _one_thread():
+    """2000 tiny steps: intra-op threads only add synchronization (and thrash on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -44,23 +56,31 @@ def test_marginal_matches_euler_maruyama(name):
     checkpoints = [round(0.3 * SIM_STEPS), SIM_STEPS]  # t = 0.3·H and H
     dt = horizon / SIM_STEPS
     gen = torch.Generator().manual_seed(0)
-    x0 = torch.full((SIM_PATHS, SIM_DIMS), 2.0, dtype=F64)
+    x0 = torch.full((SIM_PATHS, 1), 2.0, dtype=F64)
+
+    def normal() -> torch.Tensor:  # float32 draws are plenty for a Monte-Carlo moment check, and 5× cheaper
+        return torch.randn(x0.shape, generator=gen).to(F64)
+
     # Start from the t = 0 marginal: the point x0 for every SDE but VE, whose σ(0) = σ_min > 0.
     mean0, std0 = sde.marginal(x0, 0.0)
-    x = mean0 + std0 * torch.randn(x0.shape, generator=gen, dtype=F64)
+    x = mean0 + std0 * normal()
     n = x.numel()
-    for k in range(SIM_STEPS):
-        t = torch.tensor(k * dt, dtype=F64)
-        dw = torch.randn(x.shape, generator=gen, dtype=F64) * math.sqrt(dt)
-        x = x + sde.drift(x, t) * dt + sde.diffusion(x, t) * dw
-        if k + 1 in checkpoints:
+    checked = 0
+    with _one_thread():
+        for k in range(SIM_STEPS):
+            t = torch.tensor(k * dt, dtype=F64)
+            x = x + sde.drift(x, t) * dt + sde.diffusion(x, t) * normal() * math.sqrt(dt)
+            if k + 1 not in checkpoints:
+                continue
             t_now = (k + 1) * dt
             mean, std = sde.marginal(x0[:1], t_now)
-            m, v = float(mean.flatten()[0]), float(std.flatten()[0]) ** 2
+            m, v = mean.item(), std.item() ** 2
             se_mean, se_var = math.sqrt(v / n), v * math.sqrt(2 / (n - 1))
             emp_mean, emp_var = x.mean().item(), x.var().item()
-            assert abs(emp_mean - m) <= 5 * se_mean + EM_REL_BIAS * abs(m), (t_now, emp_mean, m)
-            assert abs(emp_var - v) <= 5 * se_var + EM_REL_BIAS * v, (t_now, emp_var, v)
+            assert abs(emp_mean - m) <= 4.5 * se_mean + EM_REL_BIAS * abs(m), (t_now, emp_mean, m)
+            assert abs(emp_var - v) <= 4.5 * se_var + EM_REL_BIAS * v, (t_now, emp_var, v)
+            checked += 1
+    assert checked == len(checkpoints)
 
 
 def test_perturb_is_mean_plus_std_noise(sde):
@@ -168,7 +188,7 @@ def test_prior_std(sde):
 
 def test_prior_log_prob_is_isotropic_normal(sde):
     x = torch.randn(5, 3, 2, dtype=F64) * sde.prior_std()
-    expected = torch.distributions.Normal(0.0, sde.prior_std()).log_prob(x).sum(dim=(1, 2))
+    expected = torch.distributions.Normal(0.0, torch.tensor(sde.prior_std(), dtype=F64)).log_prob(x).sum(dim=(1, 2))
     torch.testing.assert_close(sde.prior_log_prob(x), expected, rtol=1e-12, atol=1e-10)
 
 
