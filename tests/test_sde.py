@@ -100,6 +100,29 @@ def test_perturb_is_mean_plus_std_noise(sde):
 
 # ---- the (s, σ) parametrization --------------------------------------------------------------------
 
+def _reference_s_std(sde: sd.SDE, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """s(t) and std(t) written from the papers (DESIGN.md's reference SDEs), independently of the library."""
+    if sde.name in ("vp", "subvp"):  # Song et al. 2021, eqs. 11, 17 and 29
+        s = torch.exp(-0.5 * (0.1 * t + 0.5 * (20.0 - 0.1) * t**2))
+        return s, (torch.sqrt(1 - s**2) if sde.name == "vp" else 1 - s**2)
+    if sde.name == "ve":  # σ(t) = σ_min(σ_max/σ_min)^t with the defaults 0.01, 50
+        return torch.ones_like(t), 0.01 * (50.0 / 0.01) ** t
+    if sde.name == "edm":  # σ(t) = t
+        return torch.ones_like(t), t
+    if sde.name == "cosine":  # Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = cos²((t+s₀)/(1+s₀)·π/2) / cos²(s₀/(1+s₀)·π/2)
+        phi = lambda u: (u + 0.008) / 1.008 * math.pi / 2  # noqa: E731
+        s = torch.cos(phi(t)) / math.cos(phi(0.0))
+        return s, torch.sqrt(1 - s**2)
+    raise AssertionError(f"no reference for {sde.name}: add one when registering a new SDE")
+
+
+def test_reference_closed_forms(sde):
+    t = torch.cat([torch.tensor([sde.t_min], dtype=F64), _times(sde, 0.01, 1.0, 40)])
+    s, std = _reference_s_std(sde, t)
+    torch.testing.assert_close(sde.s(t), s, rtol=1e-10, atol=0)
+    torch.testing.assert_close(sde.std(t), std, rtol=1e-8, atol=0)
+    torch.testing.assert_close(sde.sigma(t), std / s, rtol=1e-8, atol=0)
+
 def test_t_of_sigma_inverts_sigma(sde):
     t = torch.cat([torch.tensor([sde.t_min], dtype=F64), _times(sde, 0.01, 1.0, 50)])
     sigma = sde.sigma(t)

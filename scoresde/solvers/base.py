@@ -111,8 +111,10 @@ def check_start(x: Tensor, grid: TimeGrid, model: ScoreModel) -> None:
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError(f"x must be a batch tensor of shape (B, ...), got {getattr(x, 'shape', type(x).__name__)}")
     T = model.sde.T
-    if grid.t[0] > T * (1 + 1e-9) or grid.t[grid.t > 0].min() <= 0:
-        raise ValueError(f"grid times must lie in (0, T={T}] of the {model.sde.name} SDE, got {grid.t[0].item()}..")
+    slack = 0.01 if grid.kind == "ddpm" else 1e-9  # DDPM's Π(1−β_i) < exp(−∫β): its t_0 is ≈ 1.0034
+    if grid.t[0] > T * (1 + slack) or not bool((grid.t[:-1] > 0).all()) or not bool(grid.sigma.isfinite().all()):
+        raise ValueError(f"grid times must lie in (0, T={T}] of the {model.sde.name} SDE, "
+                         f"got {grid.t[0].item():.6g} … {grid.t[-1].item():.6g}")
 
 
 class FiniteGuard:

@@ -81,7 +81,8 @@ def make_grid(sde: SDE, steps: int, kind: str = "uniform", *, t_min: float | Non
     2021a, DDIM §D.2); ``karras`` uniform in σ^{1/ρ} (Karras et al. 2022, eq. 5); ``logsnr`` uniform
     in λ = −log σ (Lu et al. 2022, DPM-Solver §3.3); ``ddpm`` the times whose ᾱ equal DDPM's
     discrete ᾱ_i (Ho et al. 2020), for SDEs that define ``ddpm_schedule`` (VP, sub-VP): with it the
-    ancestral solver is exactly Ho et al.'s chain, including its final step to the data.
+    ancestral solver is exactly Ho et al.'s chain, including its final step to the data. Because
+    Π(1 − β_i) < exp(−∫β), its first time lies slightly past T (≈ 1.0034 for N = 1000).
     """
     t_min = sde.t_min if t_min is None else float(t_min)
     T = sde.T if T is None else float(T)
