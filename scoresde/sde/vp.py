@@ -50,6 +50,10 @@ class _LinearBetaSDE(SDE):
         betas = torch.linspace(self.beta_min / n, self.beta_max / n, n, dtype=torch.float64)
         return betas, torch.cumprod(1 - betas, dim=0)
 
+    def t_of_alpha_bar(self, alpha_bar: Tensor) -> Tensor:
+        """The time whose ᾱ(t) = s(t)² equals ``alpha_bar``."""
+        return self.t_of_integral(-torch.log(alpha_bar))
+
     def extra_repr(self) -> str:
         return f"beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, t_min={self.t_min}"
 
@@ -131,6 +135,19 @@ class CosineVPSDE(SDE):
 
     def prior_std(self) -> float:
         return 1.0
+
+    def ddpm_schedule(self, n: int) -> tuple[Tensor, Tensor]:
+        """Nichol & Dhariwal's discrete schedule (their eq. 17): ``ᾱ_i = f(i/n)/f(0)``, i = 1 … n,
+        ``β_i = min(1 − ᾱ_i/ᾱ_{i−1}, 0.999)``; returns (β, Π(1 − β)) in float64."""
+        if n < 2:
+            raise ValueError(f"ddpm_schedule needs n >= 2 steps, got {n}")
+        t = torch.arange(n + 1, dtype=torch.float64) / n
+        alpha_bar = (torch.cos(self._phi(t)) / self._cos_phi0) ** 2
+        betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+        return betas, torch.cumprod(1 - betas, dim=0)
+
+    def t_of_alpha_bar(self, alpha_bar: Tensor) -> Tensor:
+        return torch.acos(torch.sqrt(alpha_bar) * self._cos_phi0) / self._dphi - self.s0
 
     def extra_repr(self) -> str:
         return f"s0={self.s0}, T={self.T}, t_min={self.t_min}"

@@ -80,7 +80,7 @@ def make_grid(sde: SDE, steps: int, kind: str = "uniform", *, t_min: float | Non
     Kinds: ``uniform`` in t (Song et al. 2021); ``quadratic`` in t, dense near the data (Song et al.
     2021a, DDIM §D.2); ``karras`` uniform in σ^{1/ρ} (Karras et al. 2022, eq. 5); ``logsnr`` uniform
     in λ = −log σ (Lu et al. 2022, DPM-Solver §3.3); ``ddpm`` the times whose ᾱ equal DDPM's
-    discrete ᾱ_i (Ho et al. 2020), for SDEs that define ``ddpm_schedule`` (VP, sub-VP): with it the
+    discrete ᾱ_i (Ho et al. 2020), for SDEs that define ``ddpm_schedule`` (VP, sub-VP, cosine): with it the
     ancestral solver is exactly Ho et al.'s chain, including its final step to the data. Because
     Π(1 − β_i) < exp(−∫β), its first time lies slightly past T (≈ 1.0034 for N = 1000).
     """
@@ -124,9 +124,10 @@ def grid_from_times(sde: SDE, t: Tensor, kind: str = "custom", ends_at_data: boo
 def _ddpm_grid(sde: SDE, steps: int) -> TimeGrid:
     schedule = getattr(sde, "ddpm_schedule", None)
     if schedule is None:
-        raise ValueError(f"the ddpm grid needs an SDE with a DDPM discretization (vp, subvp); {sde.name} has none")
+        raise ValueError(f"the ddpm grid needs an SDE with a DDPM discretization (vp, subvp, cosine); "
+                         f"{sde.name} has none")
     _, alphas_cumprod = schedule(steps)
-    t = sde.t_of_integral(-torch.log(alphas_cumprod)).flip(0)
+    t = sde.t_of_alpha_bar(alphas_cumprod).flip(0)
     return grid_from_times(sde, torch.cat([t, t.new_zeros(1)]), "ddpm", ends_at_data=True)
 
 
