@@ -48,8 +48,6 @@ def test_gaussian_denoiser_closed_form():
     torch.testing.assert_close(tb.denoiser(x_hat, 0.3), m + c**2 / (c**2 + 0.09) * (x_hat - m))
 
 
-@pytest.mark.xfail(strict=True, reason="presets.gaussian builds its mean with torch.full in the default float32 "
-                   "dtype, so mean=0.7 is stored as 0.699999988079071 in the float64 mixture")
 def test_gaussian_preset_mean_is_float64_exact():
     tb = sd.get_testbed("gaussian", dim=2, mean=0.7, std=0.5)
     torch.testing.assert_close(tb.mean(), torch.full((2,), 0.7, dtype=F64), rtol=1e-15, atol=0)

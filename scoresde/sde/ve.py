@@ -10,10 +10,10 @@ from scoresde.sde.base import SDE
 
 
 class VESDE(SDE):
-    """VE SDE ``dx = σ(t)√(2 log(σ_max/σ_min)) dw`` with ``σ(t) = σ_min(σ_max/σ_min)^t``; s(t) = 1.
+    """VE SDE ``dx = σ(t)√(2 log(σ_max/σ_min)/T) dw`` with ``σ(t) = σ_min(σ_max/σ_min)^{t/T}``; s(t) = 1.
 
-    As in Song et al., σ(0) = σ_min > 0: t = 0 is the data perturbed at σ_min. The prior is
-    ``N(0, σ_max² I)``.
+    As in Song et al. (T = 1), σ(0) = σ_min > 0: t = 0 is the data perturbed at σ_min, and
+    σ(T) = σ_max. The prior is ``N(0, σ_max² I)``.
     """
 
     name = "ve"
@@ -26,7 +26,7 @@ class VESDE(SDE):
             raise ValueError(f"ve: need 0 < t_min < T, got t_min={t_min}, T={T}")
         self._sigma_min, self._sigma_max = float(sigma_min), float(sigma_max)
         self.T, self.t_min = float(T), float(t_min)
-        self._log_ratio = math.log(self._sigma_max / self._sigma_min)
+        self._log_ratio = math.log(self._sigma_max / self._sigma_min) / self.T  # per unit of time
 
     @property
     def sigma_min(self) -> float:
@@ -34,7 +34,7 @@ class VESDE(SDE):
 
     @property
     def sigma_max(self) -> float:
-        return float(self._sigma_min * math.exp(self._log_ratio * self.T))
+        return self._sigma_max
 
     def s(self, t: Tensor) -> Tensor:
         return torch.ones_like(t)

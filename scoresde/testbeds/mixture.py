@@ -73,6 +73,16 @@ class GaussianMixture:
         out = resp @ means + (resp * shrink).sum(1, keepdim=True) * flat - (resp * shrink) @ means
         return out.reshape(x_hat.shape)
 
+    def score_sigma(self, x_hat: Tensor, sigma: Tensor | float) -> Tensor:
+        """Exact ``∇ log p(x̂; σ) = Σ_k r_k(x̂)(μ_k − x̂)/(c_k² + σ²)``, written without the cancellation
+        of ``(D − x̂)/σ²`` at small σ."""
+        sigma = as_time(sigma, x_hat)
+        log_w, var = self._log_components(x_hat, sigma)
+        weight = torch.softmax(log_w, dim=1) / var  # (B, K)
+        means, _, _ = self._params(x_hat)
+        flat = x_hat.reshape(x_hat.shape[0], -1)
+        return (weight @ means - weight.sum(1, keepdim=True) * flat).reshape(x_hat.shape)
+
     def log_prob_sigma(self, x_hat: Tensor, sigma: Tensor | float) -> Tensor:
         """``log p(x̂; σ)`` of the unscaled noisy variable, shape (B,)."""
         log_w, _ = self._log_components(x_hat, as_time(sigma, x_hat))
@@ -93,14 +103,12 @@ class GaussianMixture:
     def score(self, x: Tensor, t: Tensor | float, sde: SDE) -> Tensor:
         """Exact ``∇ₓ log p_t(x)`` under ``sde``."""
         t = as_time(t, x)
-        s, sigma = append_dims(sde.s(t), x.ndim), append_dims(sde.sigma(t), x.ndim)
-        return (s * self.denoiser(x / s, sde.sigma(t)) - x) / (s * sigma) ** 2
+        s = append_dims(sde.s(t), x.ndim)
+        return self.score_sigma(x / s, sde.sigma(t)) / s
 
     def model(self, sde: SDE) -> ScoreModel:
-        """A counted exact model of this testbed under ``sde`` (it predicts x₀ with the exact denoiser)."""
-        def x0(x: Tensor, t: Tensor) -> Tensor:
-            return self.denoiser(x / append_dims(sde.s(t), x.ndim), sde.sigma(t))
-        return ScoreModel(x0, sde, "x0")
+        """A counted exact model of this testbed under ``sde`` (it predicts the exact score)."""
+        return ScoreModel(lambda x, t: self.score(x, t, sde), sde, "score")
 
     def sample(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.float32) -> Tensor:

@@ -13,7 +13,7 @@ def gaussian(dim: int = 2, mean: float = 0.0, std: float = 0.5) -> GaussianMixtu
     """Isotropic Gaussian ``N(mean·1, std² I)`` in ``dim`` dimensions."""
     if std <= 0:
         raise ValueError(f"gaussian: std must be > 0, got {std}")
-    return GaussianMixture(torch.full((1, dim), float(mean)), std, name="gaussian")
+    return GaussianMixture(torch.full((1, dim), float(mean), dtype=torch.float64), std, name="gaussian")
 
 
 def ring(n: int = 8, radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
