@@ -85,6 +85,11 @@ def test_rmse_is_the_root_mean_square_over_all_elements():
     assert rmse(x, y) == pytest.approx(math.sqrt(16 / 160), rel=1e-6)
 
 
+def from_json(options: dict) -> dict:
+    """results.json writes non-finite floats as strings (strict JSON); read them back."""
+    return {k: float(v) if v in ("inf", "-inf", "nan") else v for k, v in options.items()}
+
+
 # ---- the app ------------------------------------------------------------------------------------
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
@@ -114,7 +119,8 @@ def test_results_have_one_row_per_solver_and_budget(small_run):
         assert r["error"] is None and math.isfinite(r["sw"]) and r["sw"] > 0 and r["time_s"] >= 0
         assert (r["rmse"] is None) == r["stochastic"]
         if r["budget"] is not None:  # the step count whose declared NFE is closest to the budget
-            assert abs(r["declared_nfe"] - r["budget"]) <= scoresde.get_solver(r["solver"], **r["options"]).nfe_per_step
+            solver = scoresde.get_solver(r["solver"], **from_json(r["options"]))
+            assert abs(r["declared_nfe"] - r["budget"]) <= solver.nfe_per_step
 
 
 def test_measured_nfe_is_what_the_model_counted(small_run):
@@ -127,7 +133,7 @@ def test_measured_nfe_is_what_the_model_counted(small_run):
     for r in results["rows"]:
         model.reset_nfe()
         scoresde.sample(model, r["solver"], r["steps"], x_T=x_T, grid=r["grid"], denoise=True, seed=None,
-                        generator=gen(seeds["noise"]), **r["options"])
+                        generator=gen(seeds["noise"]), **from_json(r["options"]))
         assert r["nfe"] == model.nfe, r["label"]
     ode = [r for r in results["rows"] if r["label"] == "ode"]
     assert ode[1]["nfe"] > ode[0]["nfe"] and ode[1]["rmse"] < ode[0]["rmse"]
@@ -140,6 +146,23 @@ def test_rmse_of_a_second_order_solver_falls_with_nfe_at_its_order(small_run):
     assert errors[0] > errors[1] > errors[2] > 0
     slope = math.log(errors[2] / errors[1]) / math.log(heun[2]["nfe"] / heun[1]["nfe"])
     assert slope < -1.5  # order 2: error ∝ NFE^-2
+
+
+def test_stochastic_runs_match_the_exact_law_of_their_scheme(tmp_path):
+    """Euler–Maruyama on a Gaussian under VE is a linear recursion with a known output variance v, and the
+    sliced W₂ between N(0, v I) and the data N(0, c² I) is |√v − c|. A solver noise correlated with x_T (a
+    shared seed) or a wrong metric would both miss it."""
+    cfg = compose_cfg([f"out_dir={tmp_path}", "progress=false", "sde=ve", "testbed=gaussian", "solver=[euler_maruyama]",
+                       "budgets=[10]", "batch=4000", "n_data=4000", "n_projections=128"])
+    row = compare(cfg)["rows"][0]
+    sde, c2 = scoresde.get_sde(**cfg.sde), cfg.testbed.std ** 2
+    grid = scoresde.make_grid(sde, row["steps"], "uniform", denoise=True)
+    t, var = grid.t[:-1], sde.prior_std() ** 2 + c2
+    for i in range(len(t) - 1):  # x ← x + g²Δt·score + g√Δt z with score = −x/(c² + σ²)
+        g2dt, sig2 = float(sde.g(t[i])) ** 2 * float(t[i] - t[i + 1]), float(sde.sigma(t[i])) ** 2
+        var = (1 - g2dt / (c2 + sig2)) ** 2 * var + g2dt
+    var *= (c2 / (c2 + float(sde.sigma(t[-1])) ** 2)) ** 2  # the final denoising step D(x) = c²/(c² + σ²)·x
+    assert row["sw"] == pytest.approx(math.sqrt(var) - math.sqrt(c2), rel=0.05)
 
 
 def test_plot_and_json_are_written(small_run):
@@ -159,7 +182,9 @@ def test_group_configs_name_what_the_library_registers():
     for path in Path(CONFIG_DIR, "solver").glob("*.yaml"):  # one entry, keyed and named by the file
         entry = OmegaConf.to_container(OmegaConf.load(path))
         assert list(entry) == [path.stem] and entry[path.stem]["name"] == path.stem
-        scoresde.get_solver(path.stem, **entry[path.stem].get("options", {}))
+        configured = scoresde.get_solver(path.stem, **entry[path.stem].get("options", {}))
+        assert configured.options() == scoresde.get_solver(path.stem).options(), \
+            f"{path} no longer holds the solver's default options"
     for path in Path(CONFIG_DIR, "sde").glob("*.yaml"):
         assert scoresde.get_sde(**OmegaConf.to_container(OmegaConf.load(path))).name == path.stem
     for path in Path(CONFIG_DIR, "testbed").glob("*.yaml"):  # checked against the signature: digits loads sklearn

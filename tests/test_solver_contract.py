@@ -82,18 +82,19 @@ def test_same_seed_same_samples_whatever_the_batch(name, ring):
 
 
 @pytest.mark.parametrize("name", solver_names())
-@pytest.mark.parametrize("prediction", ["score", "eps", "v"])
+@pytest.mark.parametrize("prediction", ["x0", "eps", "v"])
 def test_every_solver_drives_every_parametrization(name, prediction, ring):
-    """The same exact model exposed as score, eps or v gives the samples of its x0 form."""
+    """The same exact model exposed as x0, eps or v gives the samples of its score form."""
     sde = sd.VPSDE()
-    x0_model = ring.model(sde)
+    score_model = ring.model(sde)
+    assert score_model.prediction == "score"
 
     def as_kind(x, t):
-        return sd.models.convert(x0_model.counter.fn(x, t), "x0", prediction, x, sde.s(t), sde.sigma(t))
+        return sd.models.convert(score_model.counter.fn(x, t), "score", prediction, x, sde.s(t), sde.sigma(t))
 
     other = sd.ScoreModel(as_kind, sde, prediction)
     kwargs = dict(steps=5, shape=(16, 2), seed=3, dtype=torch.float64, denoise=True)
-    torch.testing.assert_close(sd.sample(other, name, **kwargs), sd.sample(x0_model, name, **kwargs),
+    torch.testing.assert_close(sd.sample(other, name, **kwargs), sd.sample(score_model, name, **kwargs),
                                rtol=1e-7, atol=1e-8)
 
 

@@ -98,8 +98,8 @@ class Run:
     def end(self) -> tuple[float, bool]:
         """(last positive time of the grid, whether it ends with the step to the data): the reference's end."""
         g = self.grid
-        t_end = g.t_list[-2] if g.ends_at_data else g.t_list[-1]
-        return float(f"{t_end:.12g}"), g.ends_at_data  # grids differ by round-off in t_min (1e-3 + 9e-19)
+        t_end, T = (g.t_list[-2] if g.ends_at_data else g.t_list[-1]), g.t_list[0]
+        return round(t_end / T, 12) * T, g.ends_at_data  # grids reach t_min up to round-off relative to T
 
 
 def _plain(node: Any) -> Any:
@@ -250,7 +250,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     results["config"] = _plain(cfg)
     print(format_table(results))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2, allow_nan=False))
     plot(results, out / "compare.png")
     print(f"wrote {out / 'results.json'} and {out / 'compare.png'}")
     return results
@@ -286,8 +286,7 @@ def _measure(runs: list[Run], testbed: scoresde.GaussianMixture, sde: scoresde.S
             row["rmse"] = rmse(x, references[run.end][0])
         rows.append(row)
     return {"testbed": repr(testbed), "sde": repr(sde), "batch": settings.batch, "n_data": settings.n_data,
-            "seeds": seeds,
-            "sw_floor": floor, "sw_reference": [sw(x) for x, _ in references.values()],
+            "seeds": seeds, "sw_floor": floor, "sw_reference": [sw(x) for x, _ in references.values()],
             "reference": [info for _, info in references.values()], "rows": rows}
 
 
@@ -302,10 +301,15 @@ def _named(node: Any, what: str) -> dict[str, Any]:
     return node
 
 
-def _json_default(value: Any) -> Any:
+def _jsonable(value: Any) -> Any:
+    """Strict JSON: non-finite floats (e.g. S_tmax = inf) become the strings "inf", "-inf", "nan"."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    return value
 
 
 def output_dir(cfg: DictConfig) -> Path:

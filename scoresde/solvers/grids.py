@@ -103,11 +103,11 @@ def make_grid(sde: SDE, steps: int, kind: str = "uniform", *, t_min: float | Non
         else:
             sig = torch.exp(torch.log(s_max) + u * (torch.log(s_min) - torch.log(s_max)))
         t = sde.t_of_sigma(sig)
-        t[0] = T_  # exact end points despite round-off in t(σ)
-        if n > 1:
-            t[-1] = t_min_
     else:
         raise KeyError(f"unknown grid {kind!r}; known grids: {', '.join(GRIDS)}")
+    t[0] = T_  # exact end points despite round-off
+    if n > 1:
+        t[-1] = t_min_
     if denoise:
         t = torch.cat([t, t.new_zeros(1)])
     return grid_from_times(sde, t, kind, denoise)

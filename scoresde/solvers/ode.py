@@ -57,7 +57,8 @@ class ProbabilityFlow(Solver):
         check_start(x, grid, model)
         n = grid.steps - int(grid.ends_at_data)  # intervals solved as an ODE
         if n == 0:
-            return model.x0(x, torch.full((x.shape[0],), grid.t_list[0], device=x.device, dtype=x.dtype))
+            raise ValueError("ode: the grid holds only the final denoising step; with denoise=True use steps >= 2 "
+                             "(an adaptive method ignores the inner points)")
         t_start, t_end = grid.t_list[0], grid.t_list[n]
         ts = grid.t[: n + 1] if not self.adaptive else torch.tensor([t_start, t_end], dtype=torch.float64)
         ts = ts.to(x.device)

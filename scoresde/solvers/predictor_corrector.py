@@ -57,10 +57,11 @@ class PredictorCorrector(Solver):
         if norm not in NORMS:
             raise ValueError(f"pc: unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
         self.predictor_name, self.corrector_steps, self.snr, self.norm = predictor, corrector_steps, float(snr), norm
+        self.predictor_options = dict(predictor_options or {})
 
     def options(self) -> dict:
         return {"predictor": self.predictor_name, "corrector_steps": self.corrector_steps, "snr": self.snr,
-                "norm": self.norm}
+                "norm": self.norm, "predictor_options": self.predictor_options}
 
     @property
     def reaches_data(self) -> bool:  # type: ignore[override]

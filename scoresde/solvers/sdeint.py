@@ -101,10 +101,16 @@ class TorchSDE(Solver):
     def step(self, x: Tensor, ctx) -> Tensor:  # pragma: no cover - sample() is overridden
         raise NotImplementedError("torchsde integrates the whole grid at once")
 
-    def brownian(self, x: Tensor, duration: float, seeds: list[int]) -> StackedBrownian:
-        """A per-sample Brownian path on [0, duration] for a batch shaped like ``x``."""
+    def brownian(self, x: Tensor, duration: float, noise: NoiseSource | None = None) -> BaseBrownian:
+        """A Brownian path on [0, duration] for a batch shaped like ``x``: per-sample intervals for
+        :class:`PerSampleNoise` (batch-size independent), else one batched interval seeded from the
+        noise source's generator (fast)."""
         levy = "space-time" if self.method == "srk" else "none"
-        return StackedBrownian(0.0, duration, x[0].numel(), seeds, x.dtype, x.device, levy)
+        if isinstance(noise, PerSampleNoise):
+            return StackedBrownian(0.0, duration, x[0].numel(), noise.seeds, x.dtype, x.device, levy)
+        entropy = int(torch.randint(2**62, (1,), generator=getattr(noise, "generator", None)))
+        return torchsde.BrownianInterval(t0=0.0, t1=duration, size=(x.shape[0], x[0].numel()), dtype=x.dtype,
+                                         device=x.device, entropy=entropy, levy_area_approximation=levy)
 
     def sample(self, model: ScoreModel, x: Tensor, grid: TimeGrid, noise: NoiseSource | None = None,
                callback: Callback | None = None, bm: BaseBrownian | None = None) -> Tensor:
@@ -117,9 +123,7 @@ class TorchSDE(Solver):
         us = torch.tensor([0.0, t_start - t_end], dtype=torch.float64, device=x.device)
         duration = float(us[-1])
         if bm is None:
-            seeds = noise.seeds if isinstance(noise, PerSampleNoise) else \
-                torch.randint(2**62, (x.shape[0],), generator=getattr(noise, "generator", None)).tolist()
-            bm = self.brownian(x, duration, seeds)
+            bm = self.brownian(x, duration, noise)
         sde = _ReverseInU(ReverseSDE(model.sde, model.score), x.shape, t_start)
         ys = torchsde.sdeint(sde, x.reshape(x.shape[0], -1), us, bm=bm, method=self.method,
                              dt=duration / n * (1 + 1e-12))  # time in float64: exactly n steps
