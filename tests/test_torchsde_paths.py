@@ -10,7 +10,7 @@ def test_one_brownian_path_shared_across_methods_and_step_counts():
     sde = sd.VPSDE()
     model = sd.get_testbed("gaussian", dim=2, mean=0.3, std=0.5).model(sde)
     x_T = sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    noise = sd.PerSampleNoise(range(32))
+    noise = sd.GeneratorNoise(torch.Generator().manual_seed(7))
     solver = sd.get_solver("torchsde", method="euler")
     bm = solver.brownian(x_T, sde.T - sde.t_min, noise)
 
