@@ -10,7 +10,9 @@ from scoresde.solvers.base import Solver, StepContext, register
 
 @register
 class DPMSolverPP2M(Solver):
-    """In λ = −log σ, with h_i = λ_{i+1} − λ_i, r_i = h_{i−1}/h_i and the state x̂ = x/s
+    """DPM-Solver++(2M): second-order multistep exponential integrator on the data prediction.
+
+    In λ = −log σ, with h_i = λ_{i+1} − λ_i, r_i = h_{i−1}/h_i and the state x̂ = x/s
     (eq. for x̃_{t_i} in Alg. 2; in x̂ the factor α_{t_i} disappears):
 
     ``x̂_{i+1} = (σ_{i+1}/σ_i)·x̂_i − (e^{−h_i} − 1)·D_i``, with

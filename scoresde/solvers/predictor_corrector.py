@@ -64,6 +64,11 @@ class PredictorCorrector(Solver):
                 "norm": self.norm, "predictor_options": self.predictor_options}
 
     @property
+    def nfe_per_step(self) -> int | None:  # type: ignore[override]
+        predictor = self.predictor.nfe_per_step if self.predictor is not None else 0
+        return None if predictor is None else self.corrector_steps + predictor
+
+    @property
     def reaches_data(self) -> bool:  # type: ignore[override]
         return self.predictor is not None and self.predictor.reaches_data
 
