@@ -9,10 +9,18 @@ Public API:
 """
 from scoresde.models import CountingModel, ScoreModel
 from scoresde.sampling import sample
-from scoresde.sde import (EDMSDE, SDE, SDES, VESDE, VPSDE, CosineVPSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE,
-                          get_sde)
-from scoresde.solvers import (GRIDS, SOLVERS, GeneratorNoise, PerSampleNoise, Solver, StepInfo, TimeGrid,
-                              get_solver, make_grid)
+from scoresde.sde import EDMSDE, SDE, SDES, VESDE, VPSDE, CosineVPSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE, get_sde
+from scoresde.solvers import (
+                          GRIDS,
+                          SOLVERS,
+                          GeneratorNoise,
+                          PerSampleNoise,
+                          Solver,
+                          StepInfo,
+                          TimeGrid,
+                          get_solver,
+                          make_grid,
+)
 from scoresde.testbeds import GaussianMixture, get_testbed
 from scoresde.utils import append_dims
 

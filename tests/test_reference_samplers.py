@@ -53,8 +53,9 @@ def test_heun_reproduces_edm_sampler_step_for_step():
     for options in ({}, churn):
         gen_ref, gen_ours = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
         ref_opts = {("S_min" if k == "S_tmin" else "S_max" if k == "S_tmax" else k): v for k, v in options.items()}
-        reference = edm_sampler(net, latents, randn_like=lambda x: torch.randn(x.shape, generator=gen_ref,
-                                                                               dtype=x.dtype), **ref_opts)
+        reference = edm_sampler(net, latents, randn_like=lambda x, g=gen_ref: torch.randn(x.shape, generator=g,
+                                                                                          dtype=x.dtype),
+                                **ref_opts)
         ours = []
         sd.sample(tb.model(sde), "heun", 18, x_T=latents * 80.0, grid="karras", denoise=True,
                   noise=GeneratorNoise(gen_ours), callback=_record(ours), **options)

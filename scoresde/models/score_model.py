@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 from scoresde.models.parametrization import check_prediction, convert, to_x0_eps

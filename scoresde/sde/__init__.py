@@ -5,7 +5,7 @@ from scoresde.sde.base import SDE
 from scoresde.sde.edm import EDMSDE
 from scoresde.sde.reverse import ProbabilityFlowODE, ReverseSDE
 from scoresde.sde.ve import VESDE
-from scoresde.sde.vp import CosineVPSDE, SubVPSDE, VPSDE
+from scoresde.sde.vp import VPSDE, CosineVPSDE, SubVPSDE
 
 SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE, "cosine": CosineVPSDE}
 

@@ -15,7 +15,8 @@ class _LinearBetaSDE(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, t_min: float = 1e-3):
         if not (0 <= beta_min < beta_max):
-            raise ValueError(f"{self.name}: need 0 <= beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+            raise ValueError(f"{self.name}: need 0 <= beta_min < beta_max, "
+                             f"got beta_min={beta_min}, beta_max={beta_max}")
         if not (0 < t_min < T):
             raise ValueError(f"{self.name}: need 0 < t_min < T, got t_min={t_min}, T={T}")
         self.beta_min, self.beta_max, self.T, self.t_min = float(beta_min), float(beta_max), float(T), float(t_min)

@@ -30,7 +30,8 @@ class EDMSampler(Solver):
                 raise ValueError(f"{self.name}: {key} must be finite and >= 0, got {value}")
         if not S_tmax >= S_tmin:
             raise ValueError(f"{self.name}: need S_tmax >= S_tmin, got S_tmin={S_tmin}, S_tmax={S_tmax}")
-        self.S_churn, self.S_tmin, self.S_tmax, self.S_noise = float(S_churn), float(S_tmin), float(S_tmax), float(S_noise)
+        self.S_churn, self.S_tmin = float(S_churn), float(S_tmin)
+        self.S_tmax, self.S_noise = float(S_tmax), float(S_noise)
         self.stochastic = self.S_churn > 0
         self.order = (2.0 if self.second_order else 1.0) if not self.stochastic else 0.5
         self.nfe_per_step = 2 if self.second_order else 1

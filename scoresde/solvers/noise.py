@@ -33,7 +33,8 @@ class PerSampleNoise:
 
     def __call__(self, like: Tensor) -> Tensor:
         if like.shape[0] != len(self.generators):
-            raise ValueError(f"PerSampleNoise has {len(self.generators)} seeds but the batch has {like.shape[0]} samples")
+            raise ValueError(f"PerSampleNoise has {len(self.generators)} seeds "
+                             f"but the batch has {like.shape[0]} samples")
         return torch.stack([torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype)
                             for g in self.generators])
 

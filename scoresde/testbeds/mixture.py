@@ -35,7 +35,8 @@ class GaussianMixture:
             raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
         k, d = means.shape
         stds = torch.as_tensor(stds, dtype=torch.float64).expand(k).clone()
-        weights = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        weights = torch.ones(k) if weights is None else torch.as_tensor(weights)
+        weights = weights.to(torch.float64)
         if weights.shape != (k,) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
             raise ValueError(f"weights must be {k} non-negative numbers with a positive sum")
         if bool((stds < 0).any()):
