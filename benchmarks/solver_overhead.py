@@ -17,8 +17,8 @@ by default):
 * ``solver``    — ``solver.sample(model, x_T, grid, noise)`` with a prebuilt solver and grid;
 * ``bare``      — a hand-written for-loop doing the same full-size tensor operations per step,
   in the same order, with the same model call, but with every coefficient precomputed as a Python
-  float and no checks. Its output is compared against scoresde's (``max|Δ|`` column) to show that it
-  really does the same arithmetic;
+  float and no checks. Its output is compared against scoresde's (``bare_max_abs_diff`` in the JSON,
+  a warning on stderr if it differs) to show that it really does the same arithmetic;
 * ``diffusers`` — the matching diffusers scheduler (DDPMScheduler, DDIMScheduler,
   EulerDiscreteScheduler, HeunDiscreteScheduler, DPMSolverMultistepScheduler with
   ``algorithm_type="dpmsolver++", solver_order=2``) driven by its canonical loop
@@ -52,7 +52,13 @@ How to run
     python benchmarks/solver_overhead.py --steps 20 --batch 16 --repeats 20 --methods ddim heun
 
 diffusers is optional (``pip install diffusers``); without it the diffusers columns read "n/a".
-``torch.set_num_threads`` is left at torch's default.
+On CPU, glibc returns freed large blocks to the OS, and every fresh page of a new full-size
+temporary then page-faults: that can cost as much as the arithmetic and depends on the exact order
+of allocations, so it moves any of the three implementations by tens of percent from run to run.
+The page faults per step are in the JSON; ``--keep-memory`` switches the trimming off (``mallopt``)
+for steadier numbers. ``torch.set_num_threads`` is left at torch's default unless ``--threads`` is
+given. On a machine shared with other jobs, intra-op threads wait on one another and the timings
+scatter widely; the "min" table and ``--threads 1`` are then the steadier views.
 """
 from __future__ import annotations
 
@@ -230,24 +236,50 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where getrusage is unavailable)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory instead of returning it to the OS (``mallopt``), so that a new
+    full-size temporary reuses warm pages instead of page-faulting on fresh ones. Same effect as
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``; False where unavailable."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def time_round_robin(runners: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
-                     ) -> dict[str, list[float]]:
-    """Seconds per run of each runner; each repeat runs every runner once, in a rotated order."""
+                     ) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Seconds per run of each runner (and the page faults it took); each repeat runs every runner once, in a
+    rotated order. Page faults matter on CPU: glibc hands freed large blocks back to the OS and every fresh
+    page of a new temporary then faults, which can cost as much as the arithmetic."""
     names = list(runners)
     for _ in range(warmup):
         for name in names:
             runners[name]()
     sync(device)
     times: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, list[int]] = {name: [] for name in names}
     for r in range(repeats):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             sync(device)
-            t0 = time.perf_counter()
+            f0, t0 = minor_faults(), time.perf_counter()
             runners[name]()
             sync(device)
             times[name].append(time.perf_counter() - t0)
-    return times
+            faults[name].append(minor_faults() - f0)
+    return times, faults
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -316,9 +348,10 @@ def bench_method(method: str, args: argparse.Namespace, device: torch.device, di
         runners["diffusers"] = run_dif
 
     with torch.inference_mode():
-        times = time_round_robin(runners, device, args.repeats, args.warmup)
+        times, faults = time_round_robin(runners, device, args.repeats, args.warmup)
     row: dict[str, Any] = {"method": method, "nfe": nfe, "diffusers_nfe": diff_nfe, "bare_max_abs_diff": max_diff,
-                           "runs_s": times}
+                           "runs_s": times,
+                           "minor_faults_per_step": {k: statistics.median(v) / args.steps for k, v in faults.items()}}
     for stat, reduce in (("median", statistics.median), ("min", min)):
         ms = {k: 1e3 * reduce(v) / args.steps for k, v in times.items()}
         row[stat] = summarize(ms)
@@ -348,6 +381,7 @@ def fmt(v: Any, spec: str) -> str:
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace, stat: str) -> str:
     head = (f"Machine: {info['cpu']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads), "
             f"torch {info['torch']}, device {info['device']}"
+            + (", glibc keeps freed memory (--keep-memory)" if info.get("malloc_keep_memory") else "")
             + (f" ({info['gpu']})" if "gpu" in info else "")
             + (f", diffusers {info['diffusers']}" if info.get("diffusers") else ", diffusers n/a") + "\n"
             f"Batch {args.batch}×3×32×32 float32, VP SDE, {args.steps} steps (uniform grid), model eps = 0.5·x; "
@@ -378,6 +412,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=10, help="timed runs per implementation (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: leave torch's default); 1 is steadier on a busy machine")
+    p.add_argument("--keep-memory", action="store_true",
+                   help="glibc: keep freed memory (no page faults on new temporaries; steadier CPU timings)")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers even if importable")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     return p.parse_args(argv)
@@ -389,8 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_memory else False
+    if args.keep_memory and not kept:
+        print("# --keep-memory: mallopt is not available here; timings include page faults", file=sys.stderr)
     dif = None if args.no_diffusers else import_diffusers()
     info = machine_info(device)
+    info["malloc_keep_memory"] = kept
     info["diffusers"] = dif["module"].__version__ if dif is not None else None
     rows = []
     for method in args.methods:
