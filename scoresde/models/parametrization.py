@@ -12,6 +12,7 @@ With ``x = s·x₀ + s·σ·ε`` (DESIGN.md notation, std = s·σ):
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -28,9 +29,22 @@ def check_prediction(kind: str) -> None:
         raise ValueError(f"unknown prediction {kind!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
-def to_x0_eps(out: Tensor, kind: str, x: Tensor, s: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-    """Turn a prediction of ``kind`` into (x₀, ε). ``s`` and ``sigma`` are per-sample, shape (B,)."""
-    s, sigma = append_dims(s, x.ndim), append_dims(sigma, x.ndim)
+Scale = Tensor | float
+
+
+def _per_sample(v: Scale, ndim: int) -> Scale:
+    """A Python float broadcasts as it is (no kernel); a per-sample (B,) tensor gets trailing dims."""
+    return v if isinstance(v, float) else append_dims(v, ndim)
+
+
+def _vp_alpha(sigma: Scale) -> Scale:
+    return 1 / math.sqrt(1 + sigma**2) if isinstance(sigma, float) else torch.rsqrt(1 + sigma**2)
+
+
+def to_x0_eps(out: Tensor, kind: str, x: Tensor, s: Scale, sigma: Scale) -> tuple[Tensor, Tensor]:
+    """Turn a prediction of ``kind`` into (x₀, ε). ``s`` and ``sigma`` are per-sample (B,) tensors or,
+    when every sample shares them (a solver's grid point), Python floats."""
+    s, sigma = _per_sample(s, x.ndim), _per_sample(sigma, x.ndim)
     std = s * sigma
     if kind == "x0":
         return out, (x - s * out) / std
@@ -38,27 +52,29 @@ def to_x0_eps(out: Tensor, kind: str, x: Tensor, s: Tensor, sigma: Tensor) -> tu
         eps = -std * out if kind == "score" else out
         return (x - std * eps) / s, eps
     if kind == "v":
-        alpha = torch.rsqrt(1 + sigma**2)
-        x_vp = x * alpha / s
+        alpha = _vp_alpha(sigma)
+        x_vp = x * (alpha / s)
         return alpha * x_vp - sigma * alpha * out, sigma * alpha * x_vp + alpha * out
     check_prediction(kind)
     raise AssertionError
 
 
-def convert(out: Tensor, src: str, dst: str, x: Tensor, s: Tensor, sigma: Tensor) -> Tensor:
+def convert(out: Tensor, src: str, dst: str, x: Tensor, s: Scale, sigma: Scale) -> Tensor:
     """Convert a prediction from kind ``src`` to kind ``dst`` at state ``x`` with scale ``s`` and noise ``sigma``."""
     check_prediction(dst)
     if src == dst:
         return out
+    s, sigma = _per_sample(s, x.ndim), _per_sample(sigma, x.ndim)
     if {src, dst} == {"score", "eps"}:  # the common cheap case
-        std = append_dims(s * sigma, x.ndim)
-        return -std * out if src == "score" else -out / std
+        return -(s * sigma) * out if src == "score" else out / -(s * sigma)
+    if src == "x0" and dst == "score":
+        return (s * out - x) / (s * sigma) ** 2
     x0, eps = to_x0_eps(out, src, x, s, sigma)
     if dst == "x0":
         return x0
     if dst == "eps":
         return eps
     if dst == "score":
-        return -eps / append_dims(s * sigma, x.ndim)
-    alpha = append_dims(torch.rsqrt(1 + sigma**2), x.ndim)
-    return alpha * eps - append_dims(sigma, x.ndim) * alpha * x0
+        return eps / -(s * sigma)
+    alpha = _vp_alpha(sigma)
+    return alpha * eps - sigma * alpha * x0

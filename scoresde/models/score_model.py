@@ -59,10 +59,17 @@ class ScoreModel:
                              "(the shape of x)")
         return out
 
-    def predict(self, x: Tensor, t: Tensor | float, kind: str) -> Tensor:
-        """One evaluation converted to ``kind`` (score, eps, x0 or v)."""
+    def predict(self, x: Tensor, t: Tensor | float, kind: str, s: float | None = None,
+                sigma: float | None = None) -> Tensor:
+        """One evaluation converted to ``kind`` (score, eps, x0 or v). Solvers pass the grid point's
+        ``s`` and ``sigma`` as floats, which spares recomputing them per call."""
         t = as_time(t, x)
-        return convert(self(x, t), self.prediction, kind, x, self.sde.s(t), self.sde.sigma(t))
+        out = self(x, t)
+        if kind == self.prediction:
+            return out
+        if s is None or sigma is None:
+            s, sigma = self.sde.s(t), self.sde.sigma(t)
+        return convert(out, self.prediction, kind, x, s, sigma)
 
     def score(self, x: Tensor, t: Tensor | float) -> Tensor:
         """∇ₓ log p_t(x)."""
@@ -75,10 +82,14 @@ class ScoreModel:
     def eps(self, x: Tensor, t: Tensor | float) -> Tensor:
         return self.predict(x, t, "eps")
 
-    def x0_eps(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+    def x0_eps(self, x: Tensor, t: Tensor | float, s: float | None = None,
+               sigma: float | None = None) -> tuple[Tensor, Tensor]:
         """(x₀, ε) from one evaluation."""
         t = as_time(t, x)
-        return to_x0_eps(self(x, t), self.prediction, x, self.sde.s(t), self.sde.sigma(t))
+        out = self(x, t)
+        if s is None or sigma is None:
+            s, sigma = self.sde.s(t), self.sde.sigma(t)
+        return to_x0_eps(out, self.prediction, x, s, sigma)
 
     def denoiser(self, x_hat: Tensor, sigma: Tensor | float) -> Tensor:
         """EDM's ``D(x̂; σ)`` on the unscaled variable ``x̂ = x/s``."""

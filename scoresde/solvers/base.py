@@ -37,23 +37,41 @@ Callback = Callable[[StepInfo], None]
 
 @dataclass
 class StepContext:
-    """Everything one step may need: the grid point, the noise source, and a dict for multistep state."""
+    """Everything one step may need: the grid point, the noise source, and a dict for multistep state.
+
+    ``t_batch`` holds the grid's times on the state's device, built once per run, so a step costs no
+    host-to-device copy; :meth:`predict` passes the grid point's s and σ as floats to the model.
+    """
 
     model: ScoreModel
     grid: TimeGrid
     i: int
     noise: NoiseSource
     state: dict[str, Any]
+    t_batch: Tensor  # (steps + 1, B): every grid time, broadcast over the batch
 
     @property
     def last(self) -> bool:
         return self.i == self.grid.steps - 1
 
+    @property
+    def t(self) -> Tensor:
+        """t_i for every sample, shape (B,)."""
+        return self.t_batch[self.i]
+
     def times(self, x: Tensor) -> tuple[Tensor, float, float]:
         """(t_i broadcast to the batch, σ_i, σ_{i+1})."""
         sig = self.grid.sigma_list
-        t = torch.full((x.shape[0],), self.grid.t_list[self.i], device=x.device, dtype=x.dtype)
-        return t, sig[self.i], sig[self.i + 1]
+        return self.t_batch[self.i], sig[self.i], sig[self.i + 1]
+
+    def predict(self, x: Tensor, kind: str, j: int | None = None) -> Tensor:
+        """The model's ``kind`` (score, eps, x0, v) at grid point ``j`` (default i), one evaluation."""
+        j = self.i if j is None else j
+        return self.model.predict(x, self.t_batch[j], kind, self.grid.s_list[j], self.grid.sigma_list[j])
+
+    def x0_eps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(x₀, ε) at grid point i from one evaluation."""
+        return self.model.x0_eps(x, self.t, self.grid.s_list[self.i], self.grid.sigma_list[self.i])
 
 
 class Solver(ABC):
@@ -81,10 +99,11 @@ class Solver(ABC):
         """Integrate from ``x`` at ``grid.t[0]`` to the end of the grid and return the final state."""
         check_start(x, grid, model)
         noise = noise if noise is not None else GeneratorNoise()
-        guard = FiniteGuard(x)
+        guard = FiniteGuard()
         state: dict[str, Any] = {}
+        t_batch = batch_times(grid, x)
         for i in range(grid.steps):
-            x = self.advance(x, StepContext(model, grid, i, noise, state))
+            x = self.advance(x, StepContext(model, grid, i, noise, state, t_batch))
             guard.update(x, i)
             if callback is not None:
                 callback(StepInfo(i, grid.steps, grid.t_list[i], grid.t_list[i + 1], x))
@@ -95,7 +114,7 @@ class Solver(ABC):
         """One grid interval: :meth:`step`, or the denoising step ``x ← D(x)`` into σ = 0 for solvers
         whose step does not reach the data by itself."""
         if ctx.grid.sigma_list[ctx.i + 1] == 0 and not self.reaches_data:
-            return ctx.model.x0(x, ctx.times(x)[0])
+            return ctx.predict(x, "x0")
         return self.step(x, ctx)
 
     @abstractmethod
@@ -105,6 +124,11 @@ class Solver(ABC):
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
+
+
+def batch_times(grid: TimeGrid, x: Tensor) -> Tensor:
+    """The grid's times on ``x``'s device and dtype, expanded over the batch: shape (steps + 1, B)."""
+    return grid.t.to(device=x.device, dtype=x.dtype)[:, None].expand(-1, x.shape[0])
 
 
 def check_start(x: Tensor, grid: TimeGrid, model: ScoreModel) -> None:
@@ -118,18 +142,24 @@ def check_start(x: Tensor, grid: TimeGrid, model: ScoreModel) -> None:
 
 
 class FiniteGuard:
-    """Finds the first step that produced a non-finite value without a host sync per step."""
+    """Finds the first step that produced a NaN or inf, with no host sync per step: each step keeps
+    the sum of its state (NaN and inf carry into a sum; one reduction, no boolean temporary) and the
+    sums are checked once, at the end."""
 
-    def __init__(self, like: Tensor):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=like.device)
+    def __init__(self) -> None:
+        self.sums: list[Tensor] = []
+        self.steps: list[int] = []
 
     def update(self, x: Tensor, i: int) -> None:
-        bad = ~torch.isfinite(x).all()
-        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, i), self.first_bad)
+        self.sums.append(x.sum())
+        self.steps.append(i)
 
     def check(self, solver: str, grid: TimeGrid) -> None:
-        i = int(self.first_bad)
-        if i >= 0:
+        if not self.sums:
+            return
+        bad = ~torch.isfinite(torch.stack(self.sums))
+        if bool(bad.any()):
+            i = self.steps[int(bad.nonzero()[0])]
             raise FloatingPointError(
                 f"{solver}: non-finite values (NaN or inf) appeared at step {i} of {grid.steps}, "
                 f"going from t={float(grid.t[i]):.6g} (sigma={float(grid.sigma[i]):.6g}) to "

@@ -30,13 +30,13 @@ class DDIM(Solver):
         return {"eta": self.eta}
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        t, sigma, sigma_next = ctx.times(x)
-        x0, eps = ctx.model.x0_eps(x, t)
-        s_next = ctx.grid.s_list[ctx.i + 1]
-        std_next = s_next * sigma_next
+        _, sigma, sigma_next = ctx.times(x)
+        s, s_next = ctx.grid.s_list[ctx.i], ctx.grid.s_list[ctx.i + 1]
         a, var = ctx.grid.kernel(ctx.i)
         c = self.eta * math.sqrt(var * (sigma_next / sigma) ** 2) / a
-        x_next = s_next * x0 + math.sqrt(max(std_next**2 - c**2, 0.0)) * eps
+        # x̂₀ = (x − std·ε̂)/s, so s'x̂₀ + √(std'² − c²)ε̂ = (s'/s)·x + (√(std'² − c²) − s'σ)·ε̂
+        eps = ctx.predict(x, "eps")
+        x_next = (s_next / s) * x + (math.sqrt(max((s_next * sigma_next) ** 2 - c**2, 0.0)) - s_next * sigma) * eps
         if c > 0 and not ctx.last:
             x_next = x_next + c * ctx.noise(x)
         return x_next

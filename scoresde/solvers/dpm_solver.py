@@ -26,8 +26,8 @@ class DPMSolverPP2M(Solver):
     reaches_data = True
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        t, sigma, sigma_next = ctx.times(x)
-        denoised = ctx.model.x0(x, t)
+        _, sigma, sigma_next = ctx.times(x)
+        denoised = ctx.predict(x, "x0")
         if sigma_next == 0:
             return denoised
         s, s_next = ctx.grid.s_list[ctx.i], ctx.grid.s_list[ctx.i + 1]

@@ -39,15 +39,18 @@ class EDMSampler(Solver):
     def options(self) -> dict[str, float]:
         return {"S_churn": self.S_churn, "S_tmin": self.S_tmin, "S_tmax": self.S_tmax, "S_noise": self.S_noise}
 
-    def _denoise(self, ctx: StepContext, x_hat: Tensor, sigma: float) -> Tensor:
-        """D(x̂; σ) through the model at the SDE time t(σ)."""
+    @staticmethod
+    def _slope_off_grid(ctx: StepContext, x_hat: Tensor, sigma: float) -> Tensor:
+        """dx̂/dσ = (x̂ − D(x̂; σ))/σ = ε̂ at a churned σ̂ that is not a grid point."""
         sde = ctx.model.sde
         sig = torch.tensor(sigma, dtype=torch.float64)
         s, t = float(sde.s_of_sigma(sig)), float(sde.t_of_sigma(sig))
-        tt = torch.full((x_hat.shape[0],), t, device=x_hat.device, dtype=x_hat.dtype)
-        return ctx.model.x0(x_hat * s if s != 1.0 else x_hat, tt)
+        t_batch = torch.full((x_hat.shape[0],), t, device=x_hat.device, dtype=x_hat.dtype)
+        return ctx.model.predict(x_hat * s, t_batch, "eps", s, sigma)
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
+        # The slope d = (x̂ − D(x̂; σ))/σ of Alg. 2 is the model's ε̂ at (x̂, σ): asking for ε directly
+        # saves the round trip through D for score- and ε-models.
         i, grid = ctx.i, ctx.grid
         sigma, sigma_next = grid.sigma_list[i], grid.sigma_list[i + 1]
         s, s_next = grid.s_list[i], grid.s_list[i + 1]
@@ -56,15 +59,11 @@ class EDMSampler(Solver):
         sigma_hat = sigma * (1 + gamma)
         if self.stochastic:  # like edm_sampler, draw at every step (γ may be 0) so the noise streams agree
             x_hat = x_hat + math.sqrt(sigma_hat**2 - sigma**2) * self.S_noise * ctx.noise(x_hat)
-        if gamma > 0:
-            denoised = self._denoise(ctx, x_hat, sigma_hat)
-        else:
-            denoised = ctx.model.x0(x, ctx.times(x)[0])  # same as D(x̂; σ_i), without recomputing t(σ)
-        d = (x_hat - denoised) / sigma_hat
+        d = self._slope_off_grid(ctx, x_hat, sigma_hat) if gamma > 0 else ctx.predict(x, "eps")
         x_next = x_hat + (sigma_next - sigma_hat) * d
         if self.second_order and sigma_next > 0:
-            d_prime = (x_next - self._denoise(ctx, x_next, sigma_next)) / sigma_next
-            x_next = x_hat + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_prime)
+            d_prime = ctx.predict(x_next * s_next if s_next != 1.0 else x_next, "eps", i + 1)
+            x_next = x_hat + (0.5 * (sigma_next - sigma_hat)) * (d + d_prime)
         return x_next * s_next if s_next != 1.0 else x_next
 
 

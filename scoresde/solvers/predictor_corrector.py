@@ -21,10 +21,9 @@ def langevin_correct(x: Tensor, ctx: StepContext, n_steps: int, snr: float, norm
     sample then depends on the rest of its batch. ``norm="sample"`` uses each sample's own norms, as
     Alg. 4–5 are written, so a sample does not depend on its batch; in very low dimension a sample
     near a mode has a tiny ‖∇log p‖ and takes huge steps, so keep it for image-sized data."""
-    t, _, _ = ctx.times(x)
     alpha = ctx.grid.kernel(ctx.i)[0] ** 2
     for _ in range(n_steps):
-        grad = ctx.model.score(x, t)
+        grad = ctx.predict(x, "score")
         z = ctx.noise(x)
         grad_norm = grad.reshape(x.shape[0], -1).norm(dim=1)
         z_norm = z.reshape(x.shape[0], -1).norm(dim=1)

@@ -31,14 +31,11 @@ class EulerMaruyama(Solver):
     stochastic, order = True, 0.5
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        t, _, _ = ctx.times(x)
+        t = ctx.grid.t[ctx.i : ctx.i + 1]  # float64 on the host: f(t), g(t) as Python floats
         dt = ctx.grid.t_list[ctx.i] - ctx.grid.t_list[ctx.i + 1]
-        score = ctx.model.score(x, t)
-        g = ctx.model.sde.diffusion(x, t)
-        x_mean = x - (ctx.model.sde.drift(x, t) - g**2 * score) * dt
-        if ctx.last:
-            return x_mean
-        return x_mean + g * math.sqrt(dt) * ctx.noise(x)
+        f, g = float(ctx.model.sde.f(t)), float(ctx.model.sde.g(t))
+        x_mean = x - (f * x - g**2 * ctx.predict(x, "score")) * dt
+        return add_noise(x_mean, g * math.sqrt(dt), ctx)
 
 
 @register
@@ -50,9 +47,8 @@ class ReverseDiffusion(Solver):
     stochastic, order = True, 0.5
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        t, _, _ = ctx.times(x)
         a, var = ctx.grid.kernel(ctx.i)
-        x_mean = (2 - a) * x + var * ctx.model.score(x, t)
+        x_mean = (2 - a) * x + var * ctx.predict(x, "score")
         return add_noise(x_mean, math.sqrt(var), ctx)
 
 
@@ -79,9 +75,9 @@ class Ancestral(Solver):
         return {"variance": self.variance}
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        t, sigma, sigma_next = ctx.times(x)
+        _, sigma, sigma_next = ctx.times(x)
         a, var = ctx.grid.kernel(ctx.i)
-        x_mean = (x + var * ctx.model.score(x, t)) / a
+        x_mean = (x + var * ctx.predict(x, "score")) * (1 / a)
         if self.variance == "posterior":
             var = var * (sigma_next / sigma) ** 2 / a**2
         return add_noise(x_mean, math.sqrt(var), ctx)

@@ -128,7 +128,7 @@ class TorchSDE(Solver):
         ys = torchsde.sdeint(sde, x.reshape(x.shape[0], -1), us, bm=bm, method=self.method,
                              dt=duration / n * (1 + 1e-12))  # time in float64: exactly n steps
         x = ys[-1].reshape(x.shape)
-        guard = FiniteGuard(x)
+        guard = FiniteGuard()
         guard.update(x, n - 1)
         guard.check(f"torchsde ({self.method})", grid)
         if grid.ends_at_data:
