@@ -120,8 +120,8 @@ def bare_ancestral(fn: Callable, x: Tensor, c: Coeffs, g: torch.Generator) -> Te
     n = c.steps
     for i in range(n):
         eps = fn(x, c.t[i])
-        score = -eps / c.std[i]
-        x = (x + c.var[i] * score) / c.a[i]
+        score = eps / -c.std[i]
+        x = (x + c.var[i] * score) * (1 / c.a[i])
         if i < n - 1:
             x = x + math.sqrt(c.var[i]) * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
     return x
@@ -130,17 +130,14 @@ def bare_ancestral(fn: Callable, x: Tensor, c: Coeffs, g: torch.Generator) -> Te
 def bare_ddim(fn: Callable, x: Tensor, c: Coeffs, g: torch.Generator) -> Tensor:
     for i in range(c.steps):
         eps = fn(x, c.t[i])
-        x0 = (x - c.std[i] * eps) / c.s[i]
-        x = c.s[i + 1] * x0 + c.std[i + 1] * eps
+        x = (c.s[i + 1] / c.s[i]) * x + (c.std[i + 1] - c.s[i + 1] * c.sigma[i]) * eps
     return x
 
 
 def bare_euler(fn: Callable, x: Tensor, c: Coeffs, g: torch.Generator) -> Tensor:
     for i in range(c.steps):
         x_hat = x / c.s[i]
-        eps = fn(x, c.t[i])
-        den = (x - c.std[i] * eps) / c.s[i]
-        d = (x_hat - den) / c.sigma[i]
+        d = fn(x, c.t[i])  # the slope (x̂ − D)/σ is ε
         x = (x_hat + (c.sigma[i + 1] - c.sigma[i]) * d) * c.s[i + 1]
     return x
 
@@ -149,15 +146,10 @@ def bare_heun(fn: Callable, x: Tensor, c: Coeffs, g: torch.Generator) -> Tensor:
     for i in range(c.steps):
         s, s1, sg, sg1 = c.s[i], c.s[i + 1], c.sigma[i], c.sigma[i + 1]
         x_hat = x / s
-        eps = fn(x, c.t[i])
-        den = (x - c.std[i] * eps) / s
-        d = (x_hat - den) / sg
+        d = fn(x, c.t[i])  # the slope (x̂ − D)/σ is ε
         x_next = x_hat + (sg1 - sg) * d
-        xs = x_next * s1
-        eps2 = fn(xs, c.t2[i])
-        den2 = (xs - c.std[i + 1] * eps2) / s1
-        d2 = (x_next - den2) / sg1
-        x = (x_hat + (sg1 - sg) * (0.5 * d + 0.5 * d2)) * s1
+        d2 = fn(x_next * s1, c.t2[i])
+        x = (x_hat + (0.5 * (sg1 - sg)) * (d + d2)) * s1
     return x
 
 
