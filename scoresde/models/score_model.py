@@ -98,9 +98,4 @@ class ScoreModel:
         return self.x0(x_hat * append_dims(s, x_hat.ndim), self.sde.t_of_sigma(sigma))
 
 
-def score_model_from_score(score_fn: ModelFn, sde: SDE) -> ScoreModel:
-    """Convenience: a ScoreModel from an exact or learned score function."""
-    return ScoreModel(score_fn, sde, "score")
-
-
-__all__ = ["CountingModel", "ScoreModel", "score_model_from_score"]
+__all__ = ["CountingModel", "ScoreModel"]

@@ -16,6 +16,13 @@ from torch import Tensor
 from scoresde.utils import append_dims, as_time, batch_sq_norm, flat_dim
 
 
+def forward_kernel(s: Tensor | float, s_next: Tensor | float, sigma: Tensor | float,
+                   sigma_next: Tensor | float) -> tuple[Tensor | float, Tensor | float]:
+    """The Gaussian kernel of a linear SDE with marginals (s, σ) from the earlier point (s', σ') to (s, σ):
+    ``x = a·x' + √var·z`` with ``a = s/s'`` and ``var = s²(σ² − σ'²)`` (floats or tensors)."""
+    return s / s_next, s**2 * (sigma**2 - sigma_next**2)
+
+
 class SDE(ABC):
     """Base class of the forward SDEs. Time runs over ``[0, T]``; sampling goes from ``T`` to ``t_min``.
 
@@ -105,8 +112,7 @@ class SDE(ABC):
 
     def transition_sigma(self, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`transition` written in σ; ``sigma_next`` may be 0 (the data)."""
-        s, s_next = self.s_of_sigma(sigma), self.s_of_sigma(sigma_next)
-        return s / s_next, s**2 * (sigma**2 - sigma_next**2)
+        return forward_kernel(self.s_of_sigma(sigma), self.s_of_sigma(sigma_next), sigma, sigma_next)
 
     def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,

@@ -14,7 +14,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from scoresde.sde.base import SDE
+from scoresde.sde.base import SDE, forward_kernel
 
 GRIDS: tuple[str, ...] = ("uniform", "quadratic", "karras", "logsnr", "ddpm")
 
@@ -46,7 +46,7 @@ class TimeGrid:
     def kernel(self, i: int) -> tuple[float, float]:
         """Forward kernel from point i+1 to point i: ``x_i = a·x_{i+1} + √var·z`` (see SDE.transition)."""
         s, sig = self.s_list, self.sigma_list
-        return s[i] / s[i + 1], s[i] ** 2 * (sig[i] ** 2 - sig[i + 1] ** 2)
+        return forward_kernel(s[i], s[i + 1], sig[i], sig[i + 1])
 
     @property
     def steps(self) -> int:
