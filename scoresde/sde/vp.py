@@ -46,8 +46,9 @@ class _LinearBetaSDE(SDE):
         """DDPM's discretization for ``n`` steps (Ho et al. 2020 §4; Song et al. 2021 eq. 10):
         ``β_i = β_min/n + (i/(n−1))(β_max − β_min)/n`` and ``ᾱ_i = Π_{j≤i}(1 − β_j)``, i = 0 … n−1
         (float64). With the defaults and n = 1000 this is Ho et al.'s linspace(1e-4, 0.02, 1000)."""
-        if n < 2:
-            raise ValueError(f"ddpm_schedule needs n >= 2 steps, got {n}")
+        if n < 2 or self.beta_max / n >= 1:
+            raise ValueError(f"ddpm_schedule needs n >= 2 steps with beta_max/n < 1 (every β_i < 1), "
+                             f"got n={n}, beta_max={self.beta_max}")
         betas = torch.linspace(self.beta_min / n, self.beta_max / n, n, dtype=torch.float64)
         return betas, torch.cumprod(1 - betas, dim=0)
 
