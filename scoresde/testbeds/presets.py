@@ -47,13 +47,11 @@ def dataset(points: torch.Tensor, name: str = "dataset") -> GaussianMixture:
 
 def digits(limit: int | None = None) -> GaussianMixture:
     """scikit-learn's 8×8 digits (1797 images, shipped with scikit-learn) scaled to [−1, 1], shape (1, 8, 8)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:
-        raise ImportError("the digits testbed needs scikit-learn: pip install scikit-learn") from err
-    images = torch.as_tensor(load_digits().images, dtype=torch.float64) / 8.0 - 1.0
+    from scoresde.data import load_digits
+
+    images, _ = load_digits()
     images = images[:limit] if limit is not None else images
-    return dataset(images[:, None], name="digits")
+    return dataset(images, name="digits")
 
 
 TESTBEDS = {"gaussian": gaussian, "ring": ring, "grid": grid, "high_dim": high_dim, "digits": digits}
