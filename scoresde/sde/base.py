@@ -66,12 +66,12 @@ class SDE(ABC):
         return self.s(t) * self.sigma(t)
 
     def s_of_sigma(self, sigma: Tensor) -> Tensor:
-        """Signal scale as a function of σ; σ = 0 (data) gives s = 1."""
-        t = self.t_of_sigma(sigma.clamp_min(self.sigma_min))
-        return torch.where(sigma > 0, self.s(t), torch.ones_like(sigma))
+        """Signal scale as a function of σ; σ = 0 (data) gives s = 1. Subclasses give closed forms."""
+        return torch.where(sigma > 0, self.s(self.t_of_sigma(sigma)), torch.ones_like(sigma))
 
     @property
     def sigma_min(self) -> float:
+        """σ(0); VE and EDM return the σ_min they were built with (VE: σ(0); EDM: its t_min = σ(t_min))."""
         return float(self.sigma(torch.tensor(0.0, dtype=torch.float64)))
 
     @property

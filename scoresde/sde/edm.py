@@ -23,7 +23,7 @@ class EDMSDE(SDE):
 
     @property
     def sigma_min(self) -> float:
-        return 0.0
+        return self.t_min
 
     def s(self, t: Tensor) -> Tensor:
         return torch.ones_like(t)
