@@ -15,7 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import scoresde
-from scoresde.cli.compare import CONFIG_DIR, compare, stream_seeds
+from scoresde.cli.common import CONFIG_DIR
+from scoresde.cli.compare import compare, stream_seeds
 from scoresde.evaluation import rmse, sliced_wasserstein
 from scoresde.testbeds import TESTBEDS
 

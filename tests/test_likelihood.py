@@ -9,7 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import scoresde as sd
-from scoresde.cli.likelihood import CONFIG_DIR, likelihood
+from scoresde.cli.common import CONFIG_DIR
+from scoresde.cli.likelihood import likelihood
 from scoresde.evaluation.ddpm_bound import ddpm_bound, discretized_gaussian_log_likelihood
 from scoresde.evaluation.likelihood import Dequantization, bits_per_dim, ode_log_likelihood
 

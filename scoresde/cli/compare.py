@@ -26,20 +26,17 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
 import scoresde
+from scoresde.cli.common import CONFIG_DIR, generator, named, output_dir, plain
 from scoresde.evaluation import rmse, sliced_wasserstein
 
 NOISE_MODES = ("generator", "per_sample")
 FLOOR_DRAWS = 8
 ENTRY_KEYS = ("name", "grid", "options", "budgets", "tolerances")
-# The repository's top-level configs/, found from this file. An absolute path, because Hydra resolves a
-# relative config_path against the *package* (pkg://scoresde.cli) when the app is started as a console
-# script, and configs/ is not a Python package.
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ class Settings:
         for key in ("batch", "n_data", "n_projections"):
             if not isinstance(cfg.get(key), int) or cfg.get(key) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {cfg.get(key)!r}")
-        reference = {"method": "dopri5", "rtol": 1e-7, "atol": 1e-7, **(_plain(cfg.get("reference")) or {})}
+        reference = {"method": "dopri5", "rtol": 1e-7, "atol": 1e-7, **(plain(cfg.get("reference")) or {})}
         return cls(_budgets(cfg.get("budgets"), "budgets"), cfg.batch, int(cfg.get("seed", 0)), noise,
                    bool(cfg.get("denoise", True)), float(cfg.get("rho", 7.0)), cfg.n_data, cfg.n_projections,
                    reference, bool(cfg.get("progress", True)))
@@ -103,12 +100,8 @@ class Run:
         return round(t_end / T, 12) * T, g.ends_at_data  # grids reach t_min up to round-off relative to T
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
 def _budgets(value: Any, what: str) -> tuple[int, ...]:
-    value = _plain(value)
+    value = plain(value)
     if not isinstance(value, list | tuple) or not value or not all(isinstance(b, int) and b >= 1 for b in value):
         raise ValueError(f"{what} must be a non-empty list of positive integers (NFE budgets), got {value!r}")
     return tuple(value)
@@ -116,7 +109,7 @@ def _budgets(value: Any, what: str) -> tuple[int, ...]:
 
 def parse_entries(node: Any, default_budgets: tuple[int, ...]) -> list[Entry]:
     """The ``solvers`` config (a mapping label → entry, or a list of entries) as :class:`Entry` objects."""
-    node = _plain(node)
+    node = plain(node)
     if isinstance(node, dict):
         items = list(node.items())
     elif isinstance(node, list):
@@ -208,7 +201,7 @@ def noise_kwargs(settings: Settings) -> dict[str, Any]:
     seed = stream_seeds(settings.seed)["noise"]
     if settings.noise == "per_sample":
         return {"seed": seed}
-    return {"seed": None, "generator": _generator(seed)}
+    return {"seed": None, "generator": generator(seed)}
 
 
 def reference_solution(model: scoresde.ScoreModel, x_T: Tensor, end: tuple[float, bool],
@@ -236,8 +229,8 @@ def execute(run: Run, model: scoresde.ScoreModel, x_T: Tensor, settings: Setting
 def compare(cfg: DictConfig) -> dict[str, Any]:
     """Run the comparison the config describes; print the table, write results.json and compare.png."""
     settings = Settings.from_cfg(cfg)
-    sde = scoresde.get_sde(**_named(cfg.get("sde"), "sde"))
-    testbed = scoresde.get_testbed(**_named(cfg.get("testbed"), "testbed"))
+    sde = scoresde.get_sde(**named(cfg.get("sde"), "sde"))
+    testbed = scoresde.get_testbed(**named(cfg.get("testbed"), "testbed"))
     entries = parse_entries(cfg.get("solvers"), settings.budgets)
     runs = [run for entry in entries for run in plan_runs(entry, sde, settings)]
     out = output_dir(cfg)
@@ -248,7 +241,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
         results = _measure(runs, testbed, sde, settings)
     finally:
         torch.set_num_threads(threads)
-    results["config"] = _plain(cfg)
+    results["config"] = plain(cfg)
     print(format_table(results))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2, allow_nan=False))
@@ -260,15 +253,15 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
 def _measure(runs: list[Run], testbed: scoresde.GaussianMixture, sde: scoresde.SDE,
              settings: Settings) -> dict[str, Any]:
     seeds, model = stream_seeds(settings.seed), testbed.model(sde)
-    x_T = sde.prior_sample((settings.batch, *testbed.event_shape), generator=_generator(seeds["x_T"]))
-    data = testbed.sample(settings.n_data, generator=_generator(seeds["data"]))
+    x_T = sde.prior_sample((settings.batch, *testbed.event_shape), generator=generator(seeds["x_T"]))
+    data = testbed.sample(settings.n_data, generator=generator(seeds["data"]))
 
     def sw(x: Tensor) -> float:
-        return sliced_wasserstein(x, data, settings.n_projections, generator=_generator(seeds["projections"]))
+        return sliced_wasserstein(x, data, settings.n_projections, generator=generator(seeds["projections"]))
 
     # the floor: the same distance between independent exact sample sets, averaged over draws (one draw
     # varies by about as much as the solvers differ at high NFE)
-    floors = [sw(testbed.sample(settings.batch, generator=_generator(seeds["floor"] + k))) for k in range(FLOOR_DRAWS)]
+    floors = [sw(testbed.sample(settings.batch, generator=generator(seeds["floor"] + k))) for k in range(FLOOR_DRAWS)]
     floor, floor_std = float(np.mean(floors)), float(np.std(floors, ddof=1))
     references: dict[tuple[float, bool], tuple[Tensor, dict[str, Any]]] = {}
     rows = []
@@ -295,17 +288,6 @@ def _measure(runs: list[Run], testbed: scoresde.GaussianMixture, sde: scoresde.S
             "reference": [info for _, info in references.values()], "rows": rows}
 
 
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _named(node: Any, what: str) -> dict[str, Any]:
-    node = _plain(node)
-    if not isinstance(node, dict) or "name" not in node:
-        raise ValueError(f"the {what} config must be a mapping with a name, e.g. {what}=... from configs/{what}/")
-    return node
-
-
 def _jsonable(value: Any) -> Any:
     """Strict JSON: non-finite floats (e.g. S_tmax = inf) become the strings "inf", "-inf", "nan"."""
     if isinstance(value, dict):
@@ -315,16 +297,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    """``out_dir`` if set, else the Hydra run directory."""
-    if cfg.get("out_dir"):
-        return Path(str(cfg.out_dir))
-    from hydra.core.hydra_config import HydraConfig
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    raise ValueError("set out_dir: there is no Hydra run directory outside a Hydra app")
 
 
 def _fmt(value: Any, spec: str) -> str:

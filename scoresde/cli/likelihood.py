@@ -18,37 +18,20 @@ so the digits' bits/dim lie in [0, log₂ 17 ≈ 4.09] per pixel, not CIFAR's [0
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 import scoresde
+from scoresde.cli.common import CONFIG_DIR, generator, named
 from scoresde.evaluation.ddpm_bound import ddpm_bound
 from scoresde.evaluation.likelihood import Dequantization, ode_log_likelihood
 
-# The repository's top-level configs/ as an absolute path (see scoresde/cli/compare.py for why).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
-def _named(node: Any, what: str) -> dict[str, Any]:
-    node = _plain(node)
-    if not isinstance(node, dict) or "name" not in node:
-        raise ValueError(f"the {what} config must be a mapping with a name, e.g. {what}=... from configs/{what}/")
-    return node
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _seeds(seed: int) -> dict[str, int]:
@@ -61,7 +44,7 @@ def _data(testbed: scoresde.GaussianMixture, n: int, seed: int, dtype: torch.dty
         if n > len(testbed.means):
             raise ValueError(f"n_samples={n} exceeds the {len(testbed.means)} points of {testbed.name}")
         return testbed.means[:n].reshape((n, *testbed.event_shape)).to(dtype)
-    return testbed.sample(n, generator=_generator(seed), dtype=dtype)
+    return testbed.sample(n, generator=generator(seed), dtype=dtype)
 
 
 def _check(cfg: DictConfig) -> None:
@@ -82,14 +65,14 @@ def _mean_se(v: torch.Tensor) -> tuple[float, float]:
 def likelihood(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation the config describes, print it and return the numbers."""
     _check(cfg)
-    sde = scoresde.get_sde(**_named(cfg.get("sde"), "sde"))
-    testbed = scoresde.get_testbed(**_named(cfg.get("testbed"), "testbed"))
+    sde = scoresde.get_sde(**named(cfg.get("sde"), "sde"))
+    testbed = scoresde.get_testbed(**named(cfg.get("testbed"), "testbed"))
     seeds, dtype = _seeds(int(cfg.get("seed", 0))), DTYPES[str(cfg.get("dtype", "float64"))]
     image = len(testbed.event_shape) > 1
     deq = Dequantization(int(cfg.levels), centered=True) if image else None
     x = _data(testbed, cfg.n_samples, seeds["data"], dtype)
     t_min = float(sde.t_min if cfg.get("t_min") is None else cfg.t_min)
-    model, gen = testbed.model(sde), _generator(seeds["ode"])
+    model, gen = testbed.model(sde), generator(seeds["ode"])
     threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -136,7 +119,7 @@ def _bound(ddpm_cfg, testbed, model, x, deq, seeds) -> dict[str, Any]:
     r = ddpm_bound(model, x, int(ddpm_cfg.get("steps", 1000)), variance=str(ddpm_cfg.get("variance", "beta")),
                    decoder="discrete" if deq is not None else "continuous",
                    levels=deq.levels if deq is not None else 256,
-                   timesteps=None if timesteps is None else int(timesteps), generator=_generator(seeds["ddpm"]))
+                   timesteps=None if timesteps is None else int(timesteps), generator=generator(seeds["ddpm"]))
     value = r.bits_per_dim if deq is not None else -r.nats  # nats: report the bound on log p (a lower bound)
     mean, se = _mean_se(value)
     return {"mean": mean, "std_error": se, "steps": r.steps, "nfe": r.nfe, "seconds": r.seconds,
