@@ -8,12 +8,23 @@ Writes are atomic: the state is written to a hidden temporary file in the same f
 never matching the checkpoint pattern), flushed and fsync'ed, then moved over the final name with
 ``os.replace`` (atomic on POSIX within one file system), and the folder is fsync'ed. A crash at any point
 leaves either the old file or the complete new one, never a truncated file named like a checkpoint.
+
+Loads are ``torch.load(weights_only=True)``: a file that would run code when unpickled (a pickle whose
+``__reduce__`` calls ``os.system``, a pickled class instance) is refused with :class:`UnsafeCheckpointError`
+before anything in it runs, and a truncated or otherwise unreadable file raises :class:`CorruptCheckpointError`;
+both name the file. :func:`latest_checkpoint` only returns a checkpoint that loads: when the newest one is
+broken (copied in half, corrupted on disk, or not weights-only), it warns, naming the file and why, and falls
+back to the newest one that loads, so ``resume=true`` continues from the last good state rather than crashing
+or silently starting over (``verify=False`` skips the check and just returns the highest step).
 """
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +33,18 @@ from torch import Tensor
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 _PLAIN = (bool, int, float, str, type(None))
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be loaded; the message names the file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file is not a weights-only checkpoint: unpickling it would construct objects or run code."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is truncated or corrupt (not a readable torch checkpoint)."""
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -82,11 +105,44 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(path, weights_only=True)`` (no pickled code is executed)."""
+    """Read a checkpoint with ``torch.load(path, weights_only=True)`` (no pickled code is executed).
+
+    Raises FileNotFoundError (no such file), :class:`UnsafeCheckpointError` (the pickle asks for anything
+    beyond tensors and plain containers, e.g. a ``__reduce__`` that calls ``os.system``: refused, nothing
+    run) or :class:`CorruptCheckpointError` (truncated or corrupt), each naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if _looks_truncated(path, e):
+            raise CorruptCheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(e)}") from e
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it is not a weights-only checkpoint (unpickling it would construct "
+            f"arbitrary objects or run code; torch.load(weights_only=True) said: {_first_line(e)}). Only load "
+            "files you trust; scoresde checkpoints hold tensors, dicts, lists and primitives only") from e
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, IndexError, KeyError) as e:
+        raise CorruptCheckpointError(f"checkpoint {path} is truncated or corrupt "
+                                     f"({type(e).__name__}: {_first_line(e)})") from e
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of an error (torch's weights-only message names the refused global)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Unsupported" in ln or "global" in ln.lower():
+            return ln[:300]
+    return lines[0][:300] if lines else type(e).__name__
+
+
+def _looks_truncated(path: Path, e: BaseException) -> bool:
+    """An UnpicklingError from a cut-off legacy (non-zip) pickle, rather than from a forbidden global."""
+    text = str(e)
+    return "Weights only load failed" not in text and ("truncated" in text or "ran out of input" in text.lower())
 
 
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
@@ -98,10 +154,23 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The checkpoint with the highest step in ``directory``, or None."""
+def latest_checkpoint(directory: str | Path, verify: bool = True) -> Path | None:
+    """The checkpoint with the highest step in ``directory`` that loads, or None when there is none.
+
+    With ``verify`` (the default) each candidate, newest first, is loaded (weights-only, on the CPU); one
+    that fails is skipped with a :class:`UserWarning` naming it and the reason, so a resumed run continues
+    from the newest *good* checkpoint. ``verify=False``: the highest step, unchecked."""
     found = list_checkpoints(directory)
-    return found[-1][1] if found else None
+    if not verify:
+        return found[-1][1] if found else None
+    for _, path in reversed(found):
+        try:
+            load_checkpoint(path)
+        except (CheckpointError, FileNotFoundError) as e:
+            warnings.warn(f"skipping checkpoint {path}: {e}", UserWarning, stacklevel=2)
+            continue
+        return path
+    return None
 
 
 def prune_checkpoints(directory: str | Path, keep: int) -> None:
@@ -112,5 +181,6 @@ def prune_checkpoints(directory: str | Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["CHECKPOINT_PATTERN", "checkpoint_path", "check_plain", "save_checkpoint", "load_checkpoint",
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "CorruptCheckpointError",
+           "CHECKPOINT_PATTERN", "checkpoint_path", "check_plain", "save_checkpoint", "load_checkpoint",
            "list_checkpoints", "latest_checkpoint", "prune_checkpoints"]

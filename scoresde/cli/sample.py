@@ -1,0 +1,171 @@
+"""``scoresde-sample``: draw samples from a training checkpoint (Hydra app, ``configs/sample.yaml``).
+
+The checkpoint holds the resolved training config; the model is rebuilt from it with the same builder
+``scoresde-train`` uses (:func:`scoresde.cli.train.build_model`), loaded with the EMA weights (``ema=true``,
+the default) or the raw ones, and sampled with any registered solver from ``configs/solver/`` (its registry
+name, default grid and options; ``grid=...`` and ``options.X=...`` override them) with a fixed seed.
+``ckpt`` is a checkpoint file, a folder of checkpoints, or a run dir (``<dir>/checkpoints``); a folder gives
+its latest checkpoint that loads (:func:`scoresde.training.checkpoint.latest_checkpoint`).
+
+Writes ``samples.png`` (an image grid of (N, C, H, W) samples in [-1, 1], or a scatter plot of 2-D points)
+and ``samples.npz`` (``samples``, the measured ``nfe``, ``seconds``, ``step`` and the solver settings) into
+``out_dir`` or the Hydra run directory, and prints the NFE and seconds.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+import scoresde
+from scoresde.cli.common import CONFIG_DIR, named, output_dir, plain
+from scoresde.cli.train import IMAGE_DATA, build_model
+from scoresde.data import TOYS
+from scoresde.models import Preconditioned
+from scoresde.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from scoresde.training.trainer import image_grid, scatter_figure
+
+IMAGE_SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28)}
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_checkpoint(ckpt: Any) -> Path:
+    """The checkpoint file ``ckpt`` names: a file, or the latest good checkpoint of a folder / run dir."""
+    if ckpt is None or str(ckpt) in ("", "???"):
+        raise ValueError("set ckpt=<checkpoint file or run dir>")
+    path = Path(str(ckpt)).expanduser()
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint file or run directory at {path}")
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = latest_checkpoint(folder)
+    if found is None:
+        what = "no loadable checkpoint" if list_checkpoints(folder) else "no checkpoint (ckpt_*.pt)"
+        raise FileNotFoundError(f"{what} in {folder}")
+    return found
+
+
+def event_shape(train_cfg: dict[str, Any], override: Any = None) -> tuple[int, ...]:
+    """The shape of one sample: ``override``, else from the training data config (toys: (dim,))."""
+    if override is not None:
+        shape = tuple(int(s) for s in plain(override))
+        if not shape or min(shape) < 1:
+            raise ValueError(f"shape must be a non-empty list of positive sizes, got {override!r}")
+        return shape
+    data = named(train_cfg.get("data"), "data")
+    if data["name"] in TOYS:
+        return (int(data.get("dim", 2)),)
+    if data["name"] in IMAGE_SHAPES:
+        return IMAGE_SHAPES[data["name"]]
+    raise ValueError(f"cannot tell the sample shape of data {data['name']!r} (known: {', '.join(TOYS)}, "
+                     f"{', '.join(IMAGE_DATA)}); give shape=[C,H,W]")
+
+
+def pick_device(name: Any) -> torch.device:
+    name = str(name or "auto")
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def load_model(path: Path, ema: bool = True) -> tuple[Preconditioned, scoresde.SDE, dict[str, Any], dict[str, Any]]:
+    """(model in eval mode with the EMA or raw weights, SDE, training config, checkpoint state)."""
+    state = load_checkpoint(path, map_location="cpu")
+    cfg = state.get("config")
+    if not isinstance(cfg, dict) or "model" not in cfg or "sde" not in cfg:
+        raise ValueError(f"checkpoint {path} holds no training config (written by scoresde-train?); "
+                         "cannot rebuild its model")
+    model = build_model(cfg["model"])
+    model.load_state_dict(state["ema"]["shadow"] if ema else state["model"])
+    return model.eval().requires_grad_(False), scoresde.get_sde(**named(cfg["sde"], "sde")), cfg, state
+
+
+def solver_entry(cfg: DictConfig) -> dict[str, Any]:
+    """The one ``solvers`` entry (from ``solver=<name>``) with ``grid`` and ``options`` overrides applied."""
+    entries = plain(cfg.get("solvers")) or {}
+    if len(entries) != 1:
+        raise ValueError(f"choose exactly one solver (solver=<name> from configs/solver/), got {sorted(entries)}")
+    (entry,) = entries.values()
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ValueError(f"the solver config must be a mapping with a name, got {entry!r}")
+    return {"name": str(entry["name"]), "grid": str(cfg.get("grid") or entry.get("grid") or "uniform"),
+            "options": {**(entry.get("options") or {}), **(plain(cfg.get("options")) or {})}}
+
+
+def save_png(x: Tensor, path: Path, title: str, nrow: int | None = None) -> None:
+    """An image grid of (N, C, H, W) samples in [-1, 1], or a scatter plot of (N, 2) points."""
+    if x.ndim == 4:
+        import matplotlib.image
+        grid = image_grid(x, nrow=nrow).permute(1, 2, 0).numpy()
+        if grid.shape[2] == 1:
+            matplotlib.image.imsave(path, grid[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0)
+        else:
+            matplotlib.image.imsave(path, grid.clip(0.0, 1.0))
+    elif x.ndim == 2 and x.shape[1] == 2:
+        scatter_figure(x, title).savefig(path, dpi=120)
+    else:
+        raise ValueError(f"can plot images (N, C, H, W) or 2-D points (N, 2), got shape {tuple(x.shape)}")
+
+
+def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Load, sample, write ``samples.png`` and ``samples.npz``; returns the paths, NFE, seconds and samples."""
+    path = resolve_checkpoint(cfg.get("ckpt"))
+    entry = solver_entry(cfg)
+    solver = scoresde.get_solver(entry["name"], **entry["options"])  # unknown names: the registry's KeyError
+    n = int(cfg.get("n", 64))
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    device = pick_device(cfg.get("device"))
+    model, sde, train_cfg, state = load_model(path, bool(cfg.get("ema", True)))
+    model.to(device)
+    shape = (n, *event_shape(train_cfg, cfg.get("shape")))
+    score_model = model.score_model(sde)
+    threads = torch.get_num_threads()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        with torch.no_grad():
+            tick = time.perf_counter()
+            x = scoresde.sample(score_model, solver, int(cfg.steps), shape, grid=entry["grid"], seed=int(cfg.seed),
+                                device=device, rho=float(cfg.get("rho", 7.0)), denoise=bool(cfg.get("denoise", True)),
+                                progress=bool(cfg.get("progress", True)))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - tick
+    finally:
+        torch.set_num_threads(threads)
+    x, nfe = x.float().cpu(), score_model.nfe
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    step = int(state.get("step", -1))
+    weights = "EMA" if cfg.get("ema", True) else "raw"
+    save_png(x, out / "samples.png", f"{entry['name']}, {cfg.steps} steps, NFE {nfe}, {weights} weights, "
+             f"step {step}", cfg.get("nrow"))
+    np.savez(out / "samples.npz", samples=x.numpy(), nfe=nfe, seconds=seconds, step=step, seed=int(cfg.seed),
+             solver=entry["name"], grid=entry["grid"], steps=int(cfg.steps), ema=bool(cfg.get("ema", True)),
+             checkpoint=str(path))
+    print(f"{n} samples from {path} (step {step}, {weights} weights) with {entry['name']}: "
+          f"NFE {nfe}, {seconds:.2f} s; wrote {out / 'samples.png'} and {out / 'samples.npz'}")
+    return {"checkpoint": str(path), "nfe": nfe, "seconds": seconds, "samples": x, "png": out / "samples.png",
+            "npz": out / "samples.npz"}
+
+
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="sample")
+def main(cfg: DictConfig) -> None:
+    """Console entry point ``scoresde-sample`` (Hydra overrides on the command line)."""
+    sample_checkpoint(cfg)
+
+
+if __name__ == "__main__":
+    main()
