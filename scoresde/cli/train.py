@@ -7,12 +7,20 @@ The only code that reads the training config and calls ``hydra.utils.instantiate
 :class:`scoresde.training.Trainer`, writing tensorboard events to ``<run dir>/tb`` and checkpoints to
 ``<run dir>/checkpoints``.
 
+Class-conditional training: a model config with ``num_classes`` (``model=small_unet`` on Fashion-MNIST or the
+digits) trains on the data's labels, with ``label_dropout`` (classifier-free guidance's null class).
+
+Bad configs fail before training starts with a :class:`ConfigError` that names the setting (lr, steps,
+batch size, unknown sde/loss/data/solver names, a network that cannot take the data's shape); the console
+app prints it as one line and exits with status 2.
+
 Resuming: run again in the same run directory with ``resume=true``, e.g.
 ``scoresde-train steps=2000 hydra.run.dir=runs/x resume=true``: the latest checkpoint there restores the
 model, EMA, optimizer, step, data order and every RNG, and training continues exactly up to ``steps``.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import hydra
@@ -30,26 +38,42 @@ from scoresde.training import Trainer, get_loss
 IMAGE_DATA = ("digits", "fashion_mnist")
 
 
-def load_data(node: Any, seed: int) -> Tensor:
-    """The training tensor the ``data`` config describes: a toy (n, 2) or images (N, 1, H, W) in [-1, 1]."""
+class ConfigError(ValueError):
+    """A training config that cannot work, found before training starts."""
+
+
+def load_labeled_data(node: Any, seed: int) -> tuple[Tensor, Tensor | None]:
+    """``(x, labels)`` of the ``data`` config: a toy (n, 2) with no labels, or images (N, 1, H, W) in [-1, 1]
+    with their class labels (N,)."""
     cfg = named(node, "data")
     name = cfg["name"]
     if name in TOYS:
-        return make_toy(name, int(cfg.get("n", 20000)), torch.Generator().manual_seed(seed))
+        return make_toy(name, int(cfg.get("n", 20000)), torch.Generator().manual_seed(seed)), None
     if name == "digits":
-        return load_digits(cfg.get("split", "train"))[0]
+        return load_digits(cfg.get("split", "train"))
     if name == "fashion_mnist":
         kwargs = {"root": cfg["root"]} if cfg.get("root") else {}
-        return load_fashion_mnist(cfg.get("split", "train"), **kwargs)[0]
-    raise ValueError(f"unknown data {name!r}; choose a toy ({', '.join(TOYS)}) or one of {', '.join(IMAGE_DATA)}")
+        return load_fashion_mnist(cfg.get("split", "train"), **kwargs)
+    raise ConfigError(f"unknown data {name!r}; choose a toy ({', '.join(TOYS)}) or one of {', '.join(IMAGE_DATA)}")
+
+
+def load_data(node: Any, seed: int) -> Tensor:
+    """The training tensor the ``data`` config describes (labels dropped; see :func:`load_labeled_data`)."""
+    return load_labeled_data(node, seed)[0]
 
 
 def build_model(node: Any) -> Preconditioned:
-    """``Preconditioned(instantiate(model.net), kind, sigma_data, c_noise, normalize_input)``."""
+    """``Preconditioned(instantiate(model.net, num_classes=model.num_classes), kind, sigma_data, c_noise,
+    normalize_input)``; ``num_classes`` is passed only when set."""
     cfg = plain(node)
     if not isinstance(cfg, dict) or "net" not in cfg:
-        raise ValueError("the model config needs a net with a _target_, e.g. model=mlp from configs/model/")
-    net = hydra.utils.instantiate(cfg["net"])
+        raise ConfigError("the model config needs a net with a _target_, e.g. model=mlp from configs/model/")
+    extra = {"num_classes": int(cfg["num_classes"])} if cfg.get("num_classes") else {}
+    try:
+        net = hydra.utils.instantiate(cfg["net"], **extra)
+    except Exception as e:  # hydra wraps an unknown _target_ or a bad argument in InstantiationException
+        target = cfg["net"].get("_target_") if isinstance(cfg["net"], dict) else None
+        raise ConfigError(f"cannot build model {cfg.get('name', '')!r} (net._target_={target!r}): {e}") from e
     return Preconditioned(net, kind=cfg.get("kind", "edm"), sigma_data=float(cfg.get("sigma_data", 0.5)),
                           c_noise=cfg.get("c_noise"), normalize_input=bool(cfg.get("normalize_input", False)))
 
@@ -61,26 +85,79 @@ def build_ema(node: Any, model: Preconditioned, batch_size: int) -> EMA:
     return EMA(model, **cfg)
 
 
+def check_scalars(cfg: DictConfig) -> None:
+    """lr > 0, steps >= 1, batch_size >= 1 and a known sample solver, before anything is built."""
+    lr, steps, batch = cfg.get("lr"), cfg.get("steps"), cfg.get("batch_size")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+        raise ConfigError(f"lr must be a number > 0, got lr={lr!r}")
+    for key, value in (("steps", steps), ("batch_size", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be an integer >= 1, got {key}={value!r}")
+    solver = (cfg.get("sample") or {}).get("solver", "heun")
+    if solver not in scoresde.SOLVERS:
+        raise ConfigError(f"unknown sample.solver {solver!r}; known solvers: {', '.join(sorted(scoresde.SOLVERS))}")
+
+
+def by_name(build: Any, node: Any, what: str) -> Any:
+    """``build(**config)``, with the library's KeyError (unknown name) or TypeError (bad option) as a ConfigError."""
+    try:
+        return build(**named(node, what))
+    except KeyError as e:
+        raise ConfigError(f"{what}: {e.args[0]}") from None
+    except TypeError as e:
+        raise ConfigError(f"{what}: bad option in {plain(node)}: {e}") from None
+
+
+def check_model_takes(model: Preconditioned, x: Tensor, name: str) -> None:
+    """One forward pass on a zero sample shaped like the data, so that an image size the network cannot take
+    (a U-Net needs H, W divisible by 2^(levels−1)) or a wrong ``dim`` fails now, with the shapes named."""
+    levels = getattr(model.net, "levels", None)
+    if levels and x.ndim == 4 and (x.shape[-1] % 2 ** (levels - 1) or x.shape[-2] % 2 ** (levels - 1)):
+        raise ConfigError(f"model {name!r}: a U-Net with {levels} levels needs an image size divisible by "
+                          f"2^{levels - 1} = {2 ** (levels - 1)}, but the data is {tuple(x.shape[-2:])}; "
+                          "use fewer levels in model.net.channel_mult or other data")
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(torch.zeros_like(x[:1]), torch.ones(1))
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"model {name!r} cannot take the data's samples of shape {tuple(x.shape[1:])}: {e}") from e
+
+
 def build_trainer(cfg: DictConfig) -> Trainer:
-    """Everything the config describes, assembled into a :class:`Trainer` (nothing is trained yet)."""
+    """Everything the config describes, checked and assembled into a :class:`Trainer` (nothing is trained yet).
+    Raises :class:`ConfigError` for a config that cannot work."""
+    check_scalars(cfg)
     seed = int(cfg.get("seed", 0))
     seeds = [int(s) for s in np.random.SeedSequence([seed, 1]).generate_state(2)]
     torch.manual_seed(seeds[0])  # model initialization (and dropout, whose RNG state checkpoints keep)
-    sde = scoresde.get_sde(**named(cfg.get("sde"), "sde"))
-    loss = get_loss(**named(cfg.get("loss"), "loss"))
-    data = load_data(cfg.get("data"), seeds[1])
+    sde = by_name(scoresde.get_sde, cfg.get("sde"), "sde")
+    loss = by_name(get_loss, cfg.get("loss"), "loss")
+    data, labels = load_labeled_data(cfg.get("data"), seeds[1])
     model = build_model(cfg.get("model"))
+    model_name = (plain(cfg.get("model")) or {}).get("name", "?")
+    check_model_takes(model, data, model_name)
+    if cfg.batch_size > len(data):
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(data)} training samples of "
+                          f"data={named(cfg.get('data'), 'data')['name']}")
+    if model.num_classes and labels is None:
+        raise ConfigError(f"model {model_name!r} is class-conditional (num_classes={model.num_classes}), but "
+                          f"data={named(cfg.get('data'), 'data')['name']} has no labels")
+    label_dropout = float(cfg.get("label_dropout") or 0.0) if model.num_classes else 0.0
     out, sample = output_dir(cfg), cfg.get("sample") or {}
-    return Trainer(model, sde, loss, data, batch_size=cfg.batch_size, lr=float(cfg.lr),
-                   weight_decay=float(cfg.weight_decay), warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
-                   ema=build_ema(cfg.get("ema"), model, cfg.batch_size), total_steps=cfg.steps, log_dir=out / "tb",
-                   ckpt_dir=out / "checkpoints", ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
-                   sample_every=sample.get("every", 0), sample_solver=sample.get("solver", "heun"),
-                   sample_steps=sample.get("steps", 18), sample_grid=sample.get("grid", "karras"),
-                   sample_options=plain(sample.get("options")), n_samples=sample.get("n", 1000), seed=seed,
-                   device=str(cfg.get("device", "cpu")), bf16=bool(cfg.get("bf16", False)),
-                   keep_checkpoints=cfg.get("keep_checkpoints", 0), config=plain(cfg),
-                   progress=bool(cfg.get("progress", True)))
+    try:  # the Trainer's own checks (label range, warmup, intervals, ...) are config errors here too
+        return Trainer(model, sde, loss, data, labels=labels if model.num_classes else None,
+                       label_dropout=label_dropout, batch_size=cfg.batch_size, lr=float(cfg.lr),
+                       weight_decay=float(cfg.weight_decay), warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
+                       ema=build_ema(cfg.get("ema"), model, cfg.batch_size), total_steps=cfg.steps, log_dir=out / "tb",
+                       ckpt_dir=out / "checkpoints", ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
+                       sample_every=sample.get("every", 0), sample_solver=sample.get("solver", "heun"),
+                       sample_steps=sample.get("steps", 18), sample_grid=sample.get("grid", "karras"),
+                       sample_options=plain(sample.get("options")), n_samples=sample.get("n", 1000), seed=seed,
+                       device=str(cfg.get("device", "cpu")), bf16=bool(cfg.get("bf16", False)),
+                       keep_checkpoints=cfg.get("keep_checkpoints", 0), config=plain(cfg),
+                       progress=bool(cfg.get("progress", True)))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -109,8 +186,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    """Console entry point ``scoresde-train`` (Hydra overrides on the command line)."""
-    train(cfg)
+    """Console entry point ``scoresde-train`` (Hydra overrides on the command line). A bad config prints one
+    line, ``scoresde-train: bad config: ...``, and exits with status 2."""
+    try:
+        train(cfg)
+    except ConfigError as e:
+        print(f"scoresde-train: bad config: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

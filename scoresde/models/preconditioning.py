@@ -81,6 +81,12 @@ class Preconditioned(nn.Module):
         """What :meth:`forward` returns, as a ScoreModel prediction kind."""
         return "x0" if self.kind == "edm" else self.kind
 
+    @property
+    def num_classes(self) -> int | None:
+        """Classes the network is conditioned on (its ``cond.num_classes``), or None for an unconditional one.
+        The null class (classifier-free guidance) is label ``num_classes``."""
+        return getattr(getattr(self.net, "cond", None), "num_classes", None) or None
+
     def forward(self, x: Tensor, sigma: Tensor | float, s: Tensor | float | None = None,
                 class_labels: Tensor | int | None = None) -> Tensor:
         sigma = as_time(sigma, x)

@@ -1,5 +1,9 @@
 """Training losses: each a small callable ``loss(model, x0, generator=None, class_labels=None) -> (B,)``.
 
+``model`` is a :class:`scoresde.ScoreModel` (its ``fn(x, t)`` already fixes any class conditioning, e.g.
+``Preconditioned.score_model(sde, labels)``), or, for class-conditional training with ``class_labels``, a
+builder ``model(class_labels) -> ScoreModel`` such as ``lambda y: net.score_model(sde, y)``.
+
 Every loss is written against the :class:`scoresde.ScoreModel` interface only: it draws a time (or a noise
 level), perturbs ``x0`` with the SDE's own marginal ``x_t = s(t)·x0 + std(t)·ε``, asks the model for the
 quantity the loss is written in (``model.predict(x_t, t, kind)``) and returns the per-sample loss summed
@@ -12,6 +16,8 @@ against time.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -22,10 +28,23 @@ from scoresde.utils import append_dims, as_time, batch_sq_norm
 WEIGHTINGS: tuple[str, ...] = ("std2", "likelihood")
 
 
-def _no_labels(loss: str, class_labels: Tensor | None) -> None:
-    if class_labels is not None:
-        raise ValueError(f"{loss}: class_labels were given, but ScoreModel has no class conditioning yet "
-                         "(its network is fn(x, t))")
+ModelArg = ScoreModel | Callable[[Tensor | None], ScoreModel]
+
+
+def _bind(loss: str, model: ModelArg, class_labels: Tensor | None) -> ScoreModel:
+    """The ScoreModel to evaluate: ``model`` itself, or ``model(class_labels)`` for a builder."""
+    if isinstance(model, ScoreModel):
+        if class_labels is not None:
+            raise ValueError(f"{loss}: class_labels were given with a ScoreModel, whose fn(x, t) cannot take them; "
+                             "pass a builder labels -> ScoreModel, e.g. lambda y: net.score_model(sde, y)")
+        return model
+    if not callable(model):
+        raise TypeError(f"{loss}: model must be a ScoreModel or a builder labels -> ScoreModel, "
+                        f"got {type(model).__name__}")
+    built = model(class_labels)
+    if not isinstance(built, ScoreModel):
+        raise TypeError(f"{loss}: the model builder returned {type(built).__name__}, not a ScoreModel")
+    return built
 
 
 def _noise(x0: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -113,11 +132,11 @@ class DSMLoss:
             return torch.full_like(t, 2 * (hi - lo) / (t_max - t_min))
         return (sde.g(t) / sde.std(t)) ** 2
 
-    def __call__(self, model: ScoreModel, x0: Tensor, generator: torch.Generator | None = None,
+    def __call__(self, model: ModelArg, x0: Tensor, generator: torch.Generator | None = None,
                  class_labels: Tensor | None = None, t: Tensor | float | None = None) -> Tensor:
         """Per-sample loss, shape (B,), for ``x0`` of shape (B, ...). A given ``t`` (scalar or (B,)) fixes
         the time: the loss is then the integrand ``λ(t)·|score_θ + ε/std|²`` (no importance weight)."""
-        _no_labels("DSMLoss", class_labels)
+        model = _bind("DSMLoss", model, class_labels)
         sampled = t is None
         t = self.sample_t(model.sde, x0, generator) if sampled else as_time(t, x0)
         eps = _noise(x0, generator)
@@ -155,10 +174,10 @@ class DDPMLoss:
         _, alpha_bar = sde.ddpm_schedule(self.num_steps)
         return sde.t_of_alpha_bar(alpha_bar)
 
-    def __call__(self, model: ScoreModel, x0: Tensor, generator: torch.Generator | None = None,
+    def __call__(self, model: ModelArg, x0: Tensor, generator: torch.Generator | None = None,
                  class_labels: Tensor | None = None, step: Tensor | int | None = None) -> Tensor:
         """Per-sample loss, shape (B,). A given ``step`` (an int or (B,) ints in 1 … N) fixes i."""
-        _no_labels("DDPMLoss", class_labels)
+        model = _bind("DDPMLoss", model, class_labels)
         times = self.times(model.sde)
         if step is None:
             i = torch.randint(self.num_steps, (x0.shape[0],), generator=generator, device=x0.device)
@@ -213,10 +232,10 @@ class EDMLoss:
         """λ(σ) = (σ² + σ_d²)/(σ·σ_d)² (Karras et al. 2022, Table 1)."""
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
-    def __call__(self, model: ScoreModel, x0: Tensor, generator: torch.Generator | None = None,
+    def __call__(self, model: ModelArg, x0: Tensor, generator: torch.Generator | None = None,
                  class_labels: Tensor | None = None, sigma: Tensor | float | None = None) -> Tensor:
         """Per-sample loss, shape (B,). A given ``sigma`` (scalar or (B,), > 0) fixes the noise level."""
-        _no_labels("EDMLoss", class_labels)
+        model = _bind("EDMLoss", model, class_labels)
         sde = model.sde
         sigma = self.sample_sigma(sde, x0, generator) if sigma is None else as_time(sigma, x0)
         if not bool((sigma > 0).all()):

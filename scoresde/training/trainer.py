@@ -62,8 +62,9 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
     return grid
 
 
-def scatter_figure(points: Tensor, title: str = "") -> Any:
-    """A matplotlib figure of 2-D points (B, 2) (not registered with pyplot)."""
+def scatter_figure(points: Tensor, title: str = "", labels: Tensor | None = None) -> Any:
+    """A matplotlib figure of 2-D points (B, 2), coloured by ``labels`` (B,) when given (not registered
+    with pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -71,11 +72,28 @@ def scatter_figure(points: Tensor, title: str = "") -> Any:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     p = points.detach().float().cpu()
-    ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.5)
+    colour = {} if labels is None else {"c": labels.cpu().numpy(), "cmap": "tab10"}
+    ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.5, **colour)
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def drop_labels(labels: Tensor, p: float, null_class: int, generator: torch.Generator | None = None) -> Tensor:
+    """Classifier-free guidance's label dropout (Ho & Salimans 2022): each label becomes ``null_class`` with
+    probability ``p``, from one U[0, 1) draw per label of ``generator``. Returns a new tensor (B,)."""
+    if p <= 0:
+        return labels
+    u = torch.rand(labels.shape, generator=generator, device=labels.device)
+    return torch.where(u < p, torch.full_like(labels, null_class), labels)
+
+
+def fixed_labels(n: int, num_classes: int) -> Tensor:
+    """``n`` labels for sample plots, classes in blocks of ``⌈n/K⌉`` (row ``k`` of a grid with ``⌈n/K⌉``
+    images per row is class ``k``), shape (n,)."""
+    per = math.ceil(n / num_classes)
+    return (torch.arange(n) // per).clamp(max=num_classes - 1)
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -96,6 +114,10 @@ class Trainer:
             each epoch by the data generator, partial last batch dropped), or an iterable of batches (tensors,
             or tuples whose first item is the batch; re-iterated when exhausted; resuming skips the batches
             already used in the current pass, so it is exact when iterating is deterministic).
+        labels: class labels (N,) of tensor data (ints in [0, K) for a model with ``num_classes = K``); with
+            iterable data a class-conditional model takes the labels from batches ``(images, labels)``.
+        label_dropout: probability that a training label is replaced by the null class K (classifier-free
+            guidance, Ho & Salimans 2022), drawn from the loss generator; class-conditional models only.
         batch_size: samples per step (tensor data).
         lr, weight_decay: AdamW's learning rate and decoupled weight decay.
         warmup_steps: linear warmup: step i uses ``lr·min(1, (i+1)/warmup_steps)``.
@@ -106,7 +128,8 @@ class Trainer:
         ckpt_every, log_every, sample_every: intervals in steps (0: never; a checkpoint is also written when
             :meth:`train` returns).
         sample_solver, sample_steps, sample_grid, sample_options: how sample grids are drawn from the EMA
-            model: ``scoresde.sample(ema.score_model(sde), solver, steps, ...)``. n_samples: how many.
+            model: ``scoresde.sample(ema.score_model(sde), solver, steps, ...)``. n_samples: how many. A
+            class-conditional model's plots use fixed labels: one row per class (images), colours (2-D).
         seed: seeds the data, loss and sample generators (via NumPy's SeedSequence). Torch's global RNG (model
             initialization, dropout) is the caller's to seed; its state is saved and restored with the rest.
         device: where training runs. bf16: autocast to bfloat16 (CUDA only; ignored on CPU).
@@ -116,7 +139,8 @@ class Trainer:
     """
 
     def __init__(self, model: Preconditioned, sde: SDE, loss: Any, data: Tensor | Iterable[Any], *,
-                 batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0,
+                 labels: Tensor | None = None, label_dropout: float = 0.0, batch_size: int = 256, lr: float = 1e-3,
+                 weight_decay: float = 0.0, warmup_steps: int = 0,
                  grad_clip: float | None = 1.0, ema: EMA | None = None, total_steps: int = 1000,
                  log_dir: str | Path | None = None, ckpt_dir: str | Path | None = None, ckpt_every: int = 0,
                  log_every: int = 50, sample_every: int = 0, sample_solver: str = "heun", sample_steps: int = 18,
@@ -135,6 +159,11 @@ class Trainer:
             raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         if grad_clip is not None and grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 or None, got {grad_clip}")
+        self.num_classes = getattr(model, "num_classes", None)
+        if not 0 <= label_dropout < 1 or (label_dropout and not self.num_classes):
+            raise ValueError(f"label_dropout must be in [0, 1) and needs a class-conditional model (num_classes), "
+                             f"got {label_dropout} with num_classes={self.num_classes}")
+        self.label_dropout = float(label_dropout)
         config = dict(config or {})
         check_plain(config, "config")
         self.device = torch.device(device)
@@ -154,11 +183,20 @@ class Trainer:
         self.sample_seed = seeds["sample"]
         self.data_gen = torch.Generator().manual_seed(seeds["data"])
         self.loss_gen = torch.Generator(self.device).manual_seed(seeds["loss"])
-        self._init_data(data)
+        self._init_data(data, labels)
         self._writer = None
 
     # ---- data -------------------------------------------------------------------------------------------
-    def _init_data(self, data: Tensor | Iterable[Any]) -> None:
+    def _check_labels(self, labels: Tensor, n: int) -> Tensor:
+        k = self.num_classes
+        if labels.shape != (n,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integers of shape ({n},), got {labels.dtype} {tuple(labels.shape)}")
+        if bool(((labels < 0) | (labels >= k)).any()):
+            raise ValueError(f"labels must lie in [0, {k}) for a model with num_classes={k}, got "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        return labels.long().to(self.device)
+
+    def _init_data(self, data: Tensor | Iterable[Any], labels: Tensor | None = None) -> None:
         self._perm: Tensor | None = None
         self._pos = self._epoch = self._pass_pos = 0
         self._iter = None
@@ -168,13 +206,20 @@ class Trainer:
             if self.batch_size > len(data):
                 raise ValueError(f"batch_size={self.batch_size} exceeds the {len(data)} training samples")
             self._data, self._batches = data.to(self.device), None
+            if labels is not None and not self.num_classes:
+                raise ValueError("labels were given, but the model is unconditional (its network has no num_classes)")
+            if self.num_classes and labels is None:
+                raise ValueError(f"the model is class-conditional (num_classes={self.num_classes}): pass labels")
+            self._labels = None if labels is None else self._check_labels(torch.as_tensor(labels), len(data))
             self.event_shape: tuple[int, ...] | None = tuple(data.shape[1:])
         elif isinstance(data, Iterable):
-            self._data, self._batches, self.event_shape = None, data, None
+            if labels is not None:
+                raise ValueError("labels go with tensor data; an iterable yields (images, labels) batches")
+            self._data, self._batches, self.event_shape, self._labels = None, data, None, None
         else:
             raise TypeError(f"data must be a tensor or an iterable of batches, got {type(data).__name__}")
 
-    def _next_iterable_batch(self) -> Tensor:
+    def _next_iterable_batch(self) -> tuple[Tensor, Tensor | None]:
         if self._iter is None:  # (re)start, skipping what a resumed run already used in this pass
             self._iter = iter(self._batches)
             for _ in range(self._pass_pos):
@@ -187,12 +232,17 @@ class Trainer:
             if batch is None:
                 raise ValueError("the data iterable yielded no batches") from None
         self._pass_pos += 1
-        batch = batch[0] if isinstance(batch, tuple | list) else batch
-        self.event_shape = tuple(batch.shape[1:])
-        return batch.to(self.device)
+        x, y = (batch[0], batch[1] if len(batch) > 1 else None) if isinstance(batch, tuple | list) else (batch, None)
+        self.event_shape = tuple(x.shape[1:])
+        if not self.num_classes:
+            return x.to(self.device), None
+        if y is None:
+            raise ValueError(f"the model is class-conditional (num_classes={self.num_classes}), but the data "
+                             "batches have no labels: yield (images, labels)")
+        return x.to(self.device), self._check_labels(torch.as_tensor(y), len(x))
 
-    def next_batch(self) -> Tensor:
-        """The next training batch (B, ...) on the device."""
+    def next_batch(self) -> tuple[Tensor, Tensor | None]:
+        """The next training batch (B, ...) on the device and its labels (B,) (None for unconditional models)."""
         if self._data is None:
             return self._next_iterable_batch()
         n = len(self._data)
@@ -201,7 +251,8 @@ class Trainer:
             self._epoch += 1
         idx = self._perm[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self._data[idx.to(self.device)]
+        idx = idx.to(self.device)
+        return self._data[idx], None if self._labels is None else self._labels[idx]
 
     # ---- optimization -----------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -210,11 +261,15 @@ class Trainer:
             return self.lr
         return self.lr * min(1.0, (step + 1) / self.warmup_steps)
 
-    def train_step(self, x0: Tensor) -> tuple[Tensor, Tensor]:
-        """One optimizer step on the batch ``x0``; returns the (detached) mean loss and the gradient norm."""
+    def train_step(self, x0: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One optimizer step on the batch ``x0`` (with its class ``labels`` for a conditional model, label
+        dropout applied here); returns the (detached) mean loss and the gradient norm."""
         self.model.train()
+        if labels is not None:
+            labels = drop_labels(labels, self.label_dropout, self.num_classes, self.loss_gen)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss = self.loss(self.model.score_model(self.sde), x0, generator=self.loss_gen).float().mean()
+            model = self.model.score_model(self.sde, labels)
+            loss = self.loss(model, x0, generator=self.loss_gen).float().mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -238,7 +293,7 @@ class Trainer:
         try:
             while self.step < end:
                 tick = time.perf_counter()
-                loss, grad_norm = self.train_step(self.next_batch())
+                loss, grad_norm = self.train_step(*self.next_batch())
                 busy += time.perf_counter() - tick
                 window.append(loss)
                 norms.append(grad_norm)
@@ -282,17 +337,23 @@ class Trainer:
             writer.add_scalar(tag, value, self.step)
 
     @torch.no_grad()
-    def sample(self, n: int | None = None) -> Tensor:
+    def sample(self, n: int | None = None, class_labels: Tensor | int | None = None) -> Tensor:
         """``n`` samples (default ``n_samples``) from the EMA model with the configured solver. Uses its own
-        generator and leaves every training RNG untouched."""
+        generator and leaves every training RNG untouched. A class-conditional model samples ``class_labels``
+        (default :func:`fixed_labels`: every class in turn, in blocks; the null class K is unconditional)."""
         if self.event_shape is None:
             raise ValueError("the data shape is unknown until the first batch has been drawn")
+        n = n or self.n_samples
+        if self.num_classes and class_labels is None:
+            class_labels = fixed_labels(n, self.num_classes)
+        if isinstance(class_labels, Tensor):
+            class_labels = class_labels.to(self.device)
         self.ema.copy_to(self.ema_model)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             gen = torch.Generator(self.device).manual_seed(self.sample_seed)
-            return sample(self.ema_model.score_model(self.sde), self.sample_solver, self.sample_steps,
-                          (n or self.n_samples, *self.event_shape), grid=self.sample_grid, seed=None, generator=gen,
+            return sample(self.ema_model.score_model(self.sde, class_labels), self.sample_solver, self.sample_steps,
+                          (n, *self.event_shape), grid=self.sample_grid, seed=None, generator=gen,
                           device=self.device, **self.sample_options)
 
     def log_samples(self) -> None:
@@ -300,11 +361,18 @@ class Trainer:
         writer = self.writer()
         if writer is None:
             return
+        k = self.num_classes
+        if k and self.event_shape is not None and len(self.event_shape) == 3:  # one row of 8 images per class
+            x = self.sample(8 * k, torch.arange(k).repeat_interleave(8))
+            writer.add_image("samples", image_grid(x, nrow=8), self.step, dataformats="CHW")
+            return
         x = self.sample()
         if x.ndim == 4:
             writer.add_image("samples", image_grid(x[:64]), self.step, dataformats="CHW")
         elif x.ndim == 2 and x.shape[1] == 2:
-            writer.add_figure("samples", scatter_figure(x, f"EMA samples, step {self.step}"), self.step, close=False)
+            labels = fixed_labels(len(x), k) if k else None
+            writer.add_figure("samples", scatter_figure(x, f"EMA samples, step {self.step}", labels), self.step,
+                              close=False)
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -366,4 +434,4 @@ class Trainer:
             self._writer = None
 
 
-__all__ = ["Trainer", "SCALAR_TAGS", "image_grid", "scatter_figure", "stream_seeds"]
+__all__ = ["Trainer", "SCALAR_TAGS", "drop_labels", "fixed_labels", "image_grid", "scatter_figure", "stream_seeds"]
