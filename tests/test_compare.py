@@ -19,22 +19,13 @@ from scoresde.cli.common import CONFIG_DIR
 from scoresde.cli.compare import compare, stream_seeds
 from scoresde.evaluation import rmse, sliced_wasserstein
 from scoresde.testbeds import TESTBEDS
+from tests.conftest import gen
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Batches of a few hundred 2-D points run fastest on one thread (and many times slower on a busy machine
-    with several); the app does the same through its ``threads`` option."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ---- metrics ------------------------------------------------------------------------------------

@@ -13,18 +13,10 @@ from scoresde.cli.common import CONFIG_DIR
 from scoresde.cli.likelihood import likelihood
 from scoresde.evaluation.ddpm_bound import ddpm_bound, discretized_gaussian_log_likelihood
 from scoresde.evaluation.likelihood import Dequantization, bits_per_dim, ode_log_likelihood
+from tests.conftest import gen
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def data(testbed: str, n: int, seed: int = 0) -> tuple[sd.GaussianMixture, torch.Tensor]:
