@@ -222,7 +222,7 @@ def test_fashion_mnist_loader_and_classifier():
     x, y = load_fashion_mnist("test")
     assert x.shape == (10000, 1, 28, 28) and x.min() == -1 and x.max() == 1 and torch.equal(y.bincount(),
                                                                                              torch.full((10,), 1000))
-    acc = float((load_classifier("fashion_mnist")(x[:2000]).argmax(1) == y[:2000]).double().mean())
+    acc = float((load_classifier("fashion_mnist")(x[:500]).argmax(1) == y[:500]).double().mean())  # shipped: 0.918
     assert acc > 0.85
 
 

@@ -41,6 +41,22 @@ def test_exact_divergence_matches_the_marginal_density(testbed, sde_name):
     assert r.log_likelihood.dtype == torch.float64 and r.x_T.shape == x.shape
 
 
+@pytest.mark.parametrize("sde_name", ["subvp", "edm", "cosine"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_any_sde_and_any_parametrization_give_the_exact_density(sde_name, prediction):
+    """The ODE sees the model only through its score: an exact ε-, x₀- or v-model of the mixture gives the same
+    log-density as the exact score, under every SDE."""
+    from scoresde.models.parametrization import convert
+    sde, (tb, x) = sd.get_sde(sde_name), data("ring", 6)
+
+    def fn(x, t):
+        return convert(tb.score(x, t, sde), "score", prediction, x, sde.s(t), sde.sigma(t))
+
+    r = ode_log_likelihood(sd.ScoreModel(fn, sde, prediction), x, rtol=1e-6, atol=1e-6)
+    exact = tb.marginal_log_prob(x, sde.t_min, sde)
+    assert torch.all((r.log_likelihood - exact).abs() <= 0.01 * exact.abs() + 2e-3), (r.log_likelihood, exact)
+
+
 def test_t_min_is_respected_and_the_model_never_sees_times_outside():
     sde, (tb, x) = sd.get_sde("vp"), data("ring", 8)
     seen = []
@@ -58,14 +74,15 @@ def test_t_min_is_respected_and_the_model_never_sees_times_outside():
 
 
 # ---- (b) Hutchinson ------------------------------------------------------------------------------
-def test_hutchinson_estimate_is_unbiased_with_an_honest_std_error():
-    sde, (tb, x) = sd.get_sde("vp"), data("ring", 24)
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_hutchinson_estimate_is_unbiased_with_an_honest_std_error(noise):
+    sde, (tb, x) = sd.get_sde("vp"), data("ring", 16)
     model = tb.model(sde)
-    exact = ode_log_likelihood(model, x, rtol=1e-6, atol=1e-6).log_likelihood
+    exact = ode_log_likelihood(model, x, rtol=1e-5, atol=1e-5).log_likelihood
     estimates, errors = [], []
     for seed in range(4):
-        r = ode_log_likelihood(model, x, divergence="hutchinson", probes=16, noise="gaussian", rtol=1e-6,
-                               atol=1e-6, generator=gen(seed))
+        r = ode_log_likelihood(model, x, divergence="hutchinson", probes=16, noise=noise, rtol=1e-5,
+                               atol=1e-5, generator=gen(seed))
         estimates.append(r.log_likelihood)
         errors.append(r.std_error)
     est, err = torch.stack(estimates), torch.stack(errors)
@@ -121,21 +138,21 @@ def test_discretized_decoder_sums_to_one_over_all_levels():
 
 # ---- (d) the DDPM bound ----------------------------------------------------------------------------
 def test_ddpm_bound_is_above_the_nll_and_tightens_with_more_steps():
-    sde, (tb, x) = sd.get_sde("vp"), data("gaussian", 2000)
+    sde, (tb, x) = sd.get_sde("vp"), data("gaussian", 1000)
     nll = -tb.log_prob(x)
     gaps = {}
     for variance in ("beta", "posterior"):
-        for steps in (25, 100, 1000):
+        for steps in (25, 100, 400):
             r = ddpm_bound(tb.model(sde), x, steps, decoder="continuous", variance=variance, generator=gen(steps))
             assert r.nfe == steps and r.bits_per_dim is None
             g = r.nats - nll
             gaps[variance, steps] = (float(g.mean()), float(g.std()) / math.sqrt(len(g)))
     for (mean, se) in gaps.values():
         assert mean > -4 * se  # a bound on the NLL, in expectation over the data
-    post = [gaps["posterior", n] for n in (25, 100, 1000)]
+    post = [gaps["posterior", n] for n in (25, 100, 400)]
     assert post[0][0] > post[1][0] + 4 * post[1][1] and post[1][0] > post[2][0] + 4 * post[2][1]
-    assert gaps["beta", 25][0] > gaps["beta", 1000][0]
-    assert gaps["beta", 1000][0] < 4 * gaps["beta", 1000][1] + 0.05  # nearly tight with the exact score
+    assert gaps["beta", 25][0] > gaps["beta", 400][0]
+    assert gaps["beta", 400][0] < 4 * gaps["beta", 400][1] + 0.05  # nearly tight with the exact score
 
 
 def test_ddpm_bound_sampled_steps_is_an_unbiased_estimate():
@@ -153,7 +170,7 @@ def compose_cfg(overrides: list[str]):
 
 
 def test_cli_is_reproducible_and_reports_the_exact_value(capsys):
-    overrides = ["n_samples=12", "batch=6", "progress=false", "ddpm_bound.steps=50", "seed=3",
+    overrides = ["n=8", "batch=4", "progress=false", "ddpm_bound.steps=25", "rtol=1e-4", "atol=1e-4", "seed=3",
                  "divergence=hutchinson", "probes=2"]
     first, second = likelihood(compose_cfg(overrides)), likelihood(compose_cfg(overrides))
     assert first["mean"] == second["mean"] and first["ddpm"]["mean"] == second["ddpm"]["mean"]
@@ -164,9 +181,13 @@ def test_cli_is_reproducible_and_reports_the_exact_value(capsys):
     assert other["ddpm"] is None and other["mean"] == pytest.approx(other["exact"], abs=0.02)
 
 
-def test_cli_rejects_a_checkpoint():
-    with pytest.raises(NotImplementedError, match="checkpoint"):
-        likelihood(compose_cfg(["checkpoint=/tmp/model.pt", "progress=false"]))
+def test_cli_on_the_digits_testbed_reports_bits_per_dim_at_dequantized_points():
+    out = likelihood(compose_cfg(["testbed=digits", "n=2", "progress=false", "method=euler",
+                                  "ddpm_bound.enabled=false"]))
+    assert out["unit"] == "bits/dim" and out["divergence"] == "hutchinson" and out["nfe"] == 1
+    x = sd.get_testbed("digits").means[:2].reshape(2, 1, 8, 8)
+    assert float((out["points"] - x).abs().max()) <= 1 / 16  # 17 levels: bins of width 2/16 centred on the data
+    assert math.isfinite(out["exact"]) and math.isfinite(out["mean"])
 
 
 # ---- (f) bad input -----------------------------------------------------------------------------------

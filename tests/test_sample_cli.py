@@ -52,6 +52,18 @@ def test_same_seed_same_samples_other_seed_other_samples(run, tmp_path):
     assert np.array_equal(np.load(tmp_path / "a" / "samples.npz")["samples"], a.numpy())
 
 
+def test_seed_batches_give_per_sample_results_independent_of_the_batch_size(run, tmp_path):
+    args = ("solver=euler_maruyama", "steps=5")
+    whole = sample(run, tmp_path / "a", *args)
+    batched = sample(run, tmp_path / "b", *args, "batch_size=16")
+    assert batched["nfe_per_batch"] == [5, 5, 5, 5] and batched["nfe"] == whole["nfe"] == 5  # 50 = 16+16+16+2
+    torch.testing.assert_close(batched["samples"], whole["samples"], rtol=1e-5, atol=1e-5)  # same seeds per sample
+    tail = sample(run, tmp_path / "c", *args, "seed=48", "n=2")["samples"]  # the last batch: seeds 48, 49
+    assert torch.equal(tail, batched["samples"][48:])
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        sample(run, tmp_path / "d", *args, "batch_size=0")
+
+
 def test_ema_and_raw_weights_differ_and_a_file_path_works(run, tmp_path):
     ckpt = run / "checkpoints" / "ckpt_00000010.pt"
     ema = sample(ckpt, tmp_path / "e", "steps=3")

@@ -1,4 +1,5 @@
-"""scoresde-train fails fast on configs that cannot work, with a message that names the problem."""
+"""scoresde-train's config: fails fast on configs that cannot work, with a message that names the problem;
+presets (configs/train/), launcher configs (configs/hydra/launcher/) and --multirun sweeps."""
 from __future__ import annotations
 
 import subprocess
@@ -7,16 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from scoresde.cli.common import CONFIG_DIR
 from scoresde.cli.train import ConfigError, build_trainer
 from scoresde.data import FASHION_MNIST_ROOT
+from scoresde.training import latest_checkpoint, load_checkpoint
 
 
-def compose_cfg(overrides: list[str]):
+def compose_cfg(overrides: list[str], hydra: bool = False):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name="train", overrides=overrides, return_hydra_config=hydra)
 
 
 BAD = [
@@ -36,6 +39,10 @@ BAD = [
      r"model 'tiny_unet': a U-Net with 5 levels needs an image size divisible by 2\^4 = 16, but the data is \(8, 8\)"),
     (["model.net.dim=3"], r"model 'mlp' cannot take the data's samples of shape \(2,\)"),
     (["model.num_classes=3"], r"class-conditional \(num_classes=3\), but data=ring has no labels"),
+    (["lr_schedule=linear"], r"unknown lr_schedule 'linear'; choose one of constant, cosine"),
+    (["lr_schedule=cosine", "lr_min=0.1"], r"lr_min must lie in \[0, lr=0\.002\], got lr_min=0\.1"),
+    (["data.hflip=true"], r"data.hflip needs images \(N, C, H, W\), but data=ring has shape \(20000, 2\)"),
+    (["device=tpu"], r"device must be one of cpu, cuda, auto \(or cuda:N\), got 'tpu'"),
 ]
 
 
@@ -69,3 +76,45 @@ def test_conditional_fashion_config_builds_with_labels(tmp_path):
     x, y = tr.next_batch()
     assert tr.num_classes == 10 and tr.label_dropout == 0.1
     assert x.shape == (8, 1, 28, 28) and y.shape == (8,) and int(y.max()) < 10
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_config_error_and_auto_falls_back_to_the_cpu(tmp_path):
+    with pytest.raises(ConfigError, match="device=cuda but CUDA is not available; use device=cpu or device=auto"):
+        build_trainer(compose_cfg([f"out_dir={tmp_path}", "device=cuda"]))
+    assert build_trainer(compose_cfg([f"out_dir={tmp_path}", "device=auto"])).device == torch.device("cpu")
+
+
+def test_preset_sets_the_fashion_mnist_run_and_the_command_line_still_wins():
+    cfg = compose_cfg(["train=fashion_mnist"])
+    assert (cfg.data.name, cfg.model.name, cfg.loss.name, cfg.sde.name) == ("fashion_mnist", "small_unet", "edm", "edm")
+    assert (cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.ema.decay) == (64, 1e-3, 200, 0.999)
+    assert (cfg.ckpt_every, cfg.sample.every, cfg.sample.n, cfg.sample.solver) == (250, 1000, 64, "heun")
+    assert cfg.data.hflip is False and cfg.lr_schedule == "constant"  # train.yaml's values where the preset is silent
+    cfg = compose_cfg(["train=fashion_mnist", "steps=10", "lr=5e-4", "data=digits", "data.hflip=true"])
+    assert (cfg.steps, cfg.lr, cfg.data.name, cfg.data.hflip) == (10, 5e-4, "digits", True)
+    assert cfg.model.name == "small_unet"
+    assert compose_cfg([]).data.name == "ring"  # no preset by default
+    digits = compose_cfg(["train=digits"])
+    assert (digits.data.name, digits.model.name, digits.lr_schedule, digits.lr_min) == ("digits", "tiny_unet",
+                                                                                      "cosine", 1e-4)
+
+
+def test_parallel_launcher_config_extends_joblib():
+    launcher = compose_cfg(["hydra/launcher=parallel"], hydra=True).hydra.launcher
+    assert launcher._target_.endswith("JoblibLauncher") and launcher.n_jobs == 2
+
+
+def test_multirun_sweep_trains_one_run_per_value_in_the_sweep_dir(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "scoresde.cli.train", "--multirun", "lr=1e-3,2e-3", "steps=3", "progress=false",
+           "batch_size=64", "model.net.hidden=32", "data.n=512", "sample.every=0", "threads=1", "device=cpu",
+           f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lrs = []
+    for job in ("0", "1"):
+        state = load_checkpoint(latest_checkpoint(sweep / job / "checkpoints"))
+        assert state["step"] == 3 and list((sweep / job / "tb").glob("events.out.tfevents.*"))
+        lrs.append(state["config"]["lr"])
+    assert lrs == [1e-3, 2e-3] and (sweep / "multirun.yaml").is_file()

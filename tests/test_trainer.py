@@ -17,7 +17,9 @@ from scoresde.cli.train import build_trainer, load_data, train
 from scoresde.data import FASHION_MNIST_INSTALL, TOYS, make_toy
 from scoresde.models import EMA, MLP, Preconditioned, tiny_unet
 from scoresde.training import DSMLoss, EDMLoss, Trainer, image_grid, latest_checkpoint, load_checkpoint
+from scoresde.training.batches import BatchSource
 from scoresde.training.checkpoint import CHECKPOINT_PATTERN, check_plain, checkpoint_path, save_checkpoint
+from scoresde.training.schedule import lr_at
 from scoresde.training.trainer import SCALAR_TAGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +94,14 @@ def test_trainer_checkpoint_loads_with_weights_only(tmp_path):
     assert {"torch", "data", "loss", "python", "numpy"} <= state["rng"].keys()
 
 
+def test_checkpoint_keys_are_those_earlier_runs_wrote(tmp_path):
+    """A one-process checkpoint holds exactly the keys of the format runs already on disk use (and loads them)."""
+    state = make_trainer(total_steps=2).state_dict()
+    assert set(state) == {"format", "step", "model", "ema", "optimizer", "rng", "data", "last_loss", "config"}
+    assert set(state["rng"]) - {"cuda"} == {"torch", "data", "loss", "python", "numpy"}
+    assert set(state["data"]) == {"perm", "pos", "epoch", "pass_pos"}
+
+
 # ---- exact resume -------------------------------------------------------------------------------------------
 def test_resume_is_exact(tmp_path):
     straight = make_trainer()
@@ -119,6 +129,40 @@ def test_resume_is_exact_with_an_iterable_of_batches(tmp_path):
     resumed.resume()
     resumed.train()
     assert_same_state(straight, resumed)
+
+
+def test_flips_resume_exactly_from_the_data_generator():
+    images = torch.arange(48 * 16.0).reshape(48, 1, 4, 4)
+
+    def source() -> BatchSource:
+        return BatchSource(images, None, batch_size=8, num_classes=None, device=torch.device("cpu"),
+                           generator=torch.Generator().manual_seed(2), hflip=True)
+
+    straight, first = source(), source()
+    for _ in range(5):
+        first.next()
+    state = {**first.state_dict(), "gen": first.generator.get_state()}
+    resumed = source()
+    resumed.generator.set_state(state.pop("gen"))
+    resumed.load_state_dict(state)
+    batches = [straight.next()[0] for _ in range(12)]
+    assert all(torch.equal(b, resumed.next()[0]) for b in batches[5:])
+    flipped = sum(int((b[:, 0, 0, 0] > b[:, 0, 0, -1]).sum()) for b in batches)  # arange rises along W
+    assert 0 < flipped < 12 * 8
+
+
+# ---- learning-rate schedules --------------------------------------------------------------------------------
+def test_cosine_schedule_decays_from_lr_to_the_floor_after_warmup():
+    lrs = [lr_at(i, 1e-3, warmup_steps=4, total_steps=14, schedule="cosine", lr_min=1e-4) for i in range(14)]
+    assert lrs[:4] == [2.5e-4, 5e-4, 7.5e-4, 1e-3]  # warmup as before, then the peak
+    assert lrs[8] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 0.5)).item()))
+    assert lrs[-1] == pytest.approx(1e-4) and all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert [lr_at(i, 1e-3, 4, 14) for i in range(14)] == lrs[:4] + [1e-3] * 10  # constant
+    tr = make_trainer(total_steps=6, warmup_steps=0, lr_schedule="cosine", lr_min=1e-4)
+    tr.train()
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # the last update used the floor
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
+        make_trainer(lr_schedule="step")
 
 
 # ---- logging --------------------------------------------------------------------------------------------

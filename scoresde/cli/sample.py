@@ -10,6 +10,12 @@ its latest checkpoint that loads (:func:`scoresde.training.checkpoint.latest_che
 Writes ``samples.png`` (an image grid of (N, C, H, W) samples in [-1, 1], or a scatter plot of 2-D points)
 and ``samples.npz`` (``samples``, the measured ``nfe``, ``seconds``, ``step`` and the solver settings) into
 ``out_dir`` or the Hydra run directory, and prints the NFE and seconds.
+
+Sample ``i`` has seed ``seed + i``; the seeds are cut into consecutive batches of ``batch_size``. Under
+``torchrun --nproc_per_node N -m scoresde.cli.sample ...`` rank ``r`` draws batches ``r, r+N, …`` and rank 0
+gathers them and writes the files (:func:`scoresde.distributed.run_sharded`, as EDM's ``generate.py``): the
+samples are bitwise those of one process with the same ``n``, ``seed`` and ``batch_size``, adaptive solvers
+included (no rank waits on another inside a batch).
 """
 from __future__ import annotations
 
@@ -26,12 +32,13 @@ from torch import Tensor
 import scoresde
 from scoresde.cli.common import CONFIG_DIR, named, output_dir, plain
 from scoresde.cli.train import IMAGE_DATA, build_model
-from scoresde.data import TOYS
+from scoresde.data import IMAGE_DATASETS, TOYS
+from scoresde.distributed import DistContext, cat_results, init_distributed, resolve_device, run_sharded, shutdown
 from scoresde.models import Preconditioned
 from scoresde.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from scoresde.training.trainer import image_grid, scatter_figure
 
-IMAGE_SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28)}
+IMAGE_SHAPES = {name: tuple(d.shape) for name, d in IMAGE_DATASETS.items()}
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -69,14 +76,8 @@ def event_shape(train_cfg: dict[str, Any], override: Any = None) -> tuple[int, .
 
 
 def pick_device(name: Any) -> torch.device:
-    name = str(name or "auto")
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
-    return torch.device(name)
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available): :func:`~scoresde.distributed.resolve_device`."""
+    return resolve_device(name)
 
 
 def load_model(path: Path, ema: bool = True) -> tuple[Preconditioned, scoresde.SDE, dict[str, Any], dict[str, Any]]:
@@ -118,47 +119,79 @@ def save_png(x: Tensor, path: Path, title: str, nrow: int | None = None) -> None
         raise ValueError(f"can plot images (N, C, H, W) or 2-D points (N, 2), got shape {tuple(x.shape)}")
 
 
+def batch_size_of(cfg: DictConfig) -> int:
+    """``batch_size``, or ``n`` (one batch) when it is null."""
+    value = cfg.get("batch_size")
+    return int(cfg.get("n", 64)) if value is None else value
+
+
+def draw_batches(cfg: DictConfig, ctx: DistContext, model: Preconditioned, sde: scoresde.SDE,
+                 shape: tuple[int, ...], entry: dict[str, Any]) -> list[tuple[Tensor, int]] | None:
+    """``(samples, NFE)`` of every seed batch in order on rank 0 (None on the others); this rank draws its share."""
+    solver = scoresde.get_solver(entry["name"], **entry["options"])  # unknown names: the registry's KeyError
+    n, seed = int(cfg.get("n", 64)), int(cfg.seed)
+
+    def one_batch(seeds: list[int]) -> tuple[Tensor, int]:
+        score_model = model.score_model(sde)  # a fresh NFE counter per batch
+        x = scoresde.sample(score_model, solver, int(cfg.steps), (len(seeds), *shape), grid=entry["grid"], seed=seeds,
+                            device=ctx.device, rho=float(cfg.get("rho", 7.0)), denoise=bool(cfg.get("denoise", True)),
+                            progress=bool(cfg.get("progress", True)) and ctx.is_main)
+        return x.float().cpu(), score_model.nfe
+
+    with torch.no_grad():
+        return run_sharded(one_batch, range(seed, seed + n), batch_size_of(cfg), ctx)
+
+
+def write_outputs(cfg: DictConfig, x: Tensor, nfes: list[int], seconds: float, path: Path, step: int,
+                  entry: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
+    """``samples.png`` and ``samples.npz`` in the output folder; the summary :func:`sample_checkpoint` returns."""
+    nfe = nfes[0] if len(set(nfes)) == 1 else sum(nfes) / len(nfes)  # NFE per batch (mean when they differ)
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = "EMA" if cfg.get("ema", True) else "raw"
+    save_png(x, out / "samples.png", f"{entry['name']}, {cfg.steps} steps, NFE {nfe:g}, {weights} weights, "
+             f"step {step}", cfg.get("nrow"))
+    np.savez(out / "samples.npz", samples=x.numpy(), nfe=nfe, nfe_per_batch=np.array(nfes), seconds=seconds,
+             step=step, seed=int(cfg.seed), solver=entry["name"], grid=entry["grid"], steps=int(cfg.steps),
+             ema=bool(cfg.get("ema", True)), checkpoint=str(path), batch_size=batch_size_of(cfg),
+             world_size=ctx.world_size)
+    print(f"{len(x)} samples from {path} (step {step}, {weights} weights) with {entry['name']} on "
+          f"{ctx.world_size} process(es): NFE {nfe:g}, {seconds:.2f} s; wrote {out / 'samples.png'} and "
+          f"{out / 'samples.npz'}")
+    return {"checkpoint": str(path), "nfe": nfe, "nfe_per_batch": nfes, "seconds": seconds, "samples": x,
+            "png": out / "samples.png", "npz": out / "samples.npz", "rank": ctx.rank, "world_size": ctx.world_size}
+
+
 def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Load, sample, write ``samples.png`` and ``samples.npz``; returns the paths, NFE, seconds and samples."""
+    """Load, sample (sharded over the ranks under torchrun), write ``samples.png`` and ``samples.npz`` on
+    rank 0; returns the paths, NFE, seconds and samples there (``{"rank", "world_size"}`` elsewhere)."""
     path = resolve_checkpoint(cfg.get("ckpt"))
     entry = solver_entry(cfg)
-    solver = scoresde.get_solver(entry["name"], **entry["options"])  # unknown names: the registry's KeyError
+    scoresde.get_solver(entry["name"], **entry["options"])  # an unknown solver fails before any process group
     n = int(cfg.get("n", 64))
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    device = pick_device(cfg.get("device"))
-    model, sde, train_cfg, state = load_model(path, bool(cfg.get("ema", True)))
-    model.to(device)
-    shape = (n, *event_shape(train_cfg, cfg.get("shape")))
-    score_model = model.score_model(sde)
+    pick_device(cfg.get("device"))
+    ctx = init_distributed(cfg.get("device"), float(cfg.get("dist_timeout_s") or 1800))
     threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     try:
-        with torch.no_grad():
-            tick = time.perf_counter()
-            x = scoresde.sample(score_model, solver, int(cfg.steps), shape, grid=entry["grid"], seed=int(cfg.seed),
-                                device=device, rho=float(cfg.get("rho", 7.0)), denoise=bool(cfg.get("denoise", True)),
-                                progress=bool(cfg.get("progress", True)))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - tick
+        model, sde, train_cfg, state = load_model(path, bool(cfg.get("ema", True)))
+        model.to(ctx.device)
+        shape = event_shape(train_cfg, cfg.get("shape"))
+        tick = time.perf_counter()
+        parts = draw_batches(cfg, ctx, model, sde, shape, entry)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        seconds = time.perf_counter() - tick
     finally:
         torch.set_num_threads(threads)
-    x, nfe = x.float().cpu(), score_model.nfe
-    out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    step = int(state.get("step", -1))
-    weights = "EMA" if cfg.get("ema", True) else "raw"
-    save_png(x, out / "samples.png", f"{entry['name']}, {cfg.steps} steps, NFE {nfe}, {weights} weights, "
-             f"step {step}", cfg.get("nrow"))
-    np.savez(out / "samples.npz", samples=x.numpy(), nfe=nfe, seconds=seconds, step=step, seed=int(cfg.seed),
-             solver=entry["name"], grid=entry["grid"], steps=int(cfg.steps), ema=bool(cfg.get("ema", True)),
-             checkpoint=str(path))
-    print(f"{n} samples from {path} (step {step}, {weights} weights) with {entry['name']}: "
-          f"NFE {nfe}, {seconds:.2f} s; wrote {out / 'samples.png'} and {out / 'samples.npz'}")
-    return {"checkpoint": str(path), "nfe": nfe, "seconds": seconds, "samples": x, "png": out / "samples.png",
-            "npz": out / "samples.npz"}
+        shutdown(ctx)
+    if parts is None:
+        return {"checkpoint": str(path), "rank": ctx.rank, "world_size": ctx.world_size}
+    x, nfes = cat_results([p[0] for p in parts]), [int(p[1]) for p in parts]
+    return write_outputs(cfg, x, nfes, seconds, path, int(state.get("step", -1)), entry, ctx)
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="sample")

@@ -17,10 +17,19 @@ app prints it as one line and exits with status 2.
 Resuming: run again in the same run directory with ``resume=true``, e.g.
 ``scoresde-train steps=2000 hydra.run.dir=runs/x resume=true``: the latest checkpoint there restores the
 model, EMA, optimizer, step, data order and every RNG, and training continues exactly up to ``steps``.
+
+Several processes: ``torchrun --nproc_per_node N -m scoresde.cli.train hydra.run.dir=runs/x ...`` (or
+``torchrun --nproc_per_node N --no-python scoresde-train ...``) trains the same config data-parallel
+(:func:`scoresde.distributed.init_distributed`: NCCL on CUDA, gloo on CPU). ``batch_size`` is the global
+batch (each rank takes ``batch_size/N``), so ``lr`` needs no rescaling; rank 0 alone writes tensorboard
+events and checkpoints, into its run directory, which every rank uses. A rank that crashes or hangs makes
+the others fail after ``dist_timeout_s`` with a :class:`scoresde.distributed.RankFailure` (exit status 1).
+Presets: ``scoresde-train train=fashion_mnist`` (``configs/train/``).
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -31,11 +40,12 @@ from torch import Tensor
 
 import scoresde
 from scoresde.cli.common import CONFIG_DIR, named, output_dir, plain
-from scoresde.data import TOYS, load_digits, load_fashion_mnist, make_toy
+from scoresde.data import IMAGE_DATASETS, TOYS, load_image_dataset, make_toy
+from scoresde.distributed import DistContext, RankFailure, broadcast_object, init_distributed, resolve_device, shutdown
 from scoresde.models import EMA, Preconditioned
 from scoresde.training import Trainer, get_loss
 
-IMAGE_DATA = ("digits", "fashion_mnist")
+IMAGE_DATA = tuple(IMAGE_DATASETS)
 
 
 class ConfigError(ValueError):
@@ -49,11 +59,8 @@ def load_labeled_data(node: Any, seed: int) -> tuple[Tensor, Tensor | None]:
     name = cfg["name"]
     if name in TOYS:
         return make_toy(name, int(cfg.get("n", 20000)), torch.Generator().manual_seed(seed)), None
-    if name == "digits":
-        return load_digits(cfg.get("split", "train"))
-    if name == "fashion_mnist":
-        kwargs = {"root": cfg["root"]} if cfg.get("root") else {}
-        return load_fashion_mnist(cfg.get("split", "train"), **kwargs)
+    if name in IMAGE_DATASETS:
+        return load_image_dataset(name, cfg.get("split", "train"), cfg.get("root"))
     raise ConfigError(f"unknown data {name!r}; choose a toy ({', '.join(TOYS)}) or one of {', '.join(IMAGE_DATA)}")
 
 
@@ -123,16 +130,43 @@ def check_model_takes(model: Preconditioned, x: Tensor, name: str) -> None:
         raise ConfigError(f"model {name!r} cannot take the data's samples of shape {tuple(x.shape[1:])}: {e}") from e
 
 
-def build_trainer(cfg: DictConfig) -> Trainer:
+def pick_device(cfg: DictConfig) -> torch.device:
+    """``device`` of the config (``auto``: CUDA when available), as a ConfigError when it cannot be had."""
+    try:
+        return resolve_device(cfg.get("device", "cpu"))
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def trainer_options(cfg: DictConfig) -> dict[str, Any]:
+    """The Trainer's keyword arguments that come straight from top-level settings."""
+    sample = cfg.get("sample") or {}
+    return dict(batch_size=cfg.batch_size, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay),
+                warmup_steps=cfg.warmup_steps, lr_schedule=str(cfg.get("lr_schedule", "constant")),
+                lr_min=float(cfg.get("lr_min", 0.0) or 0.0), grad_clip=cfg.grad_clip, total_steps=cfg.steps,
+                ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, sample_every=sample.get("every", 0),
+                sample_solver=sample.get("solver", "heun"), sample_steps=sample.get("steps", 18),
+                sample_grid=sample.get("grid", "karras"), sample_options=plain(sample.get("options")),
+                n_samples=sample.get("n", 1000), seed=int(cfg.get("seed", 0)), bf16=bool(cfg.get("bf16", False)),
+                keep_checkpoints=cfg.get("keep_checkpoints", 0), config=plain(cfg),
+                hflip=bool((plain(cfg.get("data")) or {}).get("hflip", False)))
+
+
+def build_trainer(cfg: DictConfig, ctx: DistContext | None = None) -> Trainer:
     """Everything the config describes, checked and assembled into a :class:`Trainer` (nothing is trained yet).
-    Raises :class:`ConfigError` for a config that cannot work."""
+    ``ctx``: the torchrun context (default: one process on the config's device). Raises :class:`ConfigError`
+    for a config that cannot work."""
     check_scalars(cfg)
+    ctx = ctx or DistContext(device=pick_device(cfg))
     seed = int(cfg.get("seed", 0))
     seeds = [int(s) for s in np.random.SeedSequence([seed, 1]).generate_state(2)]
     torch.manual_seed(seeds[0])  # model initialization (and dropout, whose RNG state checkpoints keep)
     sde = by_name(scoresde.get_sde, cfg.get("sde"), "sde")
     loss = by_name(get_loss, cfg.get("loss"), "loss")
     data, labels = load_labeled_data(cfg.get("data"), seeds[1])
+    if (plain(cfg.get("data")) or {}).get("hflip") and data.ndim != 4:
+        raise ConfigError(f"data.hflip needs images (N, C, H, W), but data={named(cfg.get('data'), 'data')['name']} "
+                          f"has shape {tuple(data.shape)}")
     model = build_model(cfg.get("model"))
     model_name = (plain(cfg.get("model")) or {}).get("name", "?")
     check_model_takes(model, data, model_name)
@@ -143,56 +177,58 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         raise ConfigError(f"model {model_name!r} is class-conditional (num_classes={model.num_classes}), but "
                           f"data={named(cfg.get('data'), 'data')['name']} has no labels")
     label_dropout = float(cfg.get("label_dropout") or 0.0) if model.num_classes else 0.0
-    out, sample = output_dir(cfg), cfg.get("sample") or {}
+    out = Path(broadcast_object(str(output_dir(cfg)), ctx, "agreeing on the run directory"))  # rank 0's
     try:  # the Trainer's own checks (label range, warmup, intervals, ...) are config errors here too
         return Trainer(model, sde, loss, data, labels=labels if model.num_classes else None,
-                       label_dropout=label_dropout, batch_size=cfg.batch_size, lr=float(cfg.lr),
-                       weight_decay=float(cfg.weight_decay), warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
-                       ema=build_ema(cfg.get("ema"), model, cfg.batch_size), total_steps=cfg.steps, log_dir=out / "tb",
-                       ckpt_dir=out / "checkpoints", ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
-                       sample_every=sample.get("every", 0), sample_solver=sample.get("solver", "heun"),
-                       sample_steps=sample.get("steps", 18), sample_grid=sample.get("grid", "karras"),
-                       sample_options=plain(sample.get("options")), n_samples=sample.get("n", 1000), seed=seed,
-                       device=str(cfg.get("device", "cpu")), bf16=bool(cfg.get("bf16", False)),
-                       keep_checkpoints=cfg.get("keep_checkpoints", 0), config=plain(cfg),
-                       progress=bool(cfg.get("progress", True)))
+                       label_dropout=label_dropout, ema=build_ema(cfg.get("ema"), model, cfg.batch_size),
+                       log_dir=out / "tb", ckpt_dir=out / "checkpoints", device=ctx.device,
+                       progress=bool(cfg.get("progress", True)), distributed=ctx, **trainer_options(cfg))
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Build the trainer, resume when ``resume=true``, train to ``steps``; returns ``{"step", "loss", ...}``."""
+    """Build the trainer, resume when ``resume=true``, train to ``steps``; returns ``{"step", "loss", ...}``.
+    Under torchrun (``WORLD_SIZE > 1``) it joins the process group first and leaves it at the end."""
     threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    pick_device(cfg)  # a device that cannot be had is a config error, before joining any process group
+    ctx = init_distributed(cfg.get("device", "cpu"), float(cfg.get("dist_timeout_s") or 1800))
+    say = print if ctx.is_main else (lambda *a, **k: None)
     try:
-        trainer = build_trainer(cfg)
+        trainer = build_trainer(cfg, ctx)
         resumed = trainer.resume() if cfg.get("resume") else None
         if resumed is not None:
-            print(f"resumed from {resumed} at step {trainer.step}")
+            say(f"resumed from {resumed} at step {trainer.step}")
         elif cfg.get("resume"):
-            print(f"resume=true but no checkpoint in {trainer.ckpt_dir}: starting from step 0")
+            say(f"resume=true but no checkpoint in {trainer.ckpt_dir}: starting from step 0")
         try:
             result = trainer.train()
         finally:
             trainer.close()
     finally:
         torch.set_num_threads(threads)
-    print(f"step {result['step']}: loss {result['loss']:.4f}; tensorboard: {trainer.log_dir}, "
-          f"checkpoints: {trainer.ckpt_dir}")
+        shutdown(ctx)
+    say(f"step {result['step']}: loss {result['loss']:.4f}; tensorboard: {trainer.log_dir}, "
+        f"checkpoints: {trainer.ckpt_dir}")
     return {**result, "resumed_from": str(resumed) if resumed else None, "ckpt_dir": str(trainer.ckpt_dir),
-            "log_dir": str(trainer.log_dir)}
+            "log_dir": str(trainer.log_dir), "rank": ctx.rank, "world_size": ctx.world_size}
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     """Console entry point ``scoresde-train`` (Hydra overrides on the command line). A bad config prints one
-    line, ``scoresde-train: bad config: ...``, and exits with status 2."""
+    line, ``scoresde-train: bad config: ...``, and exits with status 2; a failed rank under torchrun, one line
+    and status 1."""
     try:
         train(cfg)
     except ConfigError as e:
         print(f"scoresde-train: bad config: {e}", file=sys.stderr)
         sys.exit(2)
+    except RankFailure as e:
+        print(f"scoresde-train: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

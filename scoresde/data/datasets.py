@@ -6,10 +6,22 @@
   ``x/127.5 − 1``, read from the IDX files that the Debian package ``dataset-fashion-mnist`` installs in
   ``/usr/share/datasets/fashion-mnist`` (``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``); uncompressed
   files with the same names minus ``.gz`` are read as well.
+- ``load_mnist``: MNIST (LeCun et al. 1998), 28×28, the IDX files torchvision stores under ``<root>/MNIST/raw/``
+  (or directly in ``<root>``), gzip-compressed or not.
+- ``load_cifar10``: CIFAR-10 (Krizhevsky 2009), 3×32×32, the python pickle batches torchvision stores under
+  ``<root>/cifar-10-batches-py/``, read with an unpickler that accepts only NumPy arrays.
+
+``load_image_dataset(name, split, root)`` dispatches on the registry ``IMAGE_DATASETS``, which records each
+dataset's sample shape, quantization levels, classes and default root. Nothing is downloaded at run time: a missing
+file raises :class:`FileNotFoundError` naming the expected path and how to obtain it.
 """
 from __future__ import annotations
 
 import gzip
+import pickle
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +92,25 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
 
 
-def _find(root: Path, stem: str) -> Path:
-    for name in (stem + ".gz", stem):
-        if (root / name).is_file():
-            return root / name
-    raise FileNotFoundError(f"Fashion-MNIST file {stem}[.gz] not found in {root}. On Debian/Ubuntu install it with "
-                            f"`{FASHION_MNIST_INSTALL}` (files land in {FASHION_MNIST_ROOT}), or pass root= a folder "
-                            f"holding the four IDX files of github.com/zalandoresearch/fashion-mnist")
+def _find(roots: list[Path], stem: str, missing: str) -> Path:
+    """The first of ``<root>/<stem>.gz``, ``<root>/<stem>`` over ``roots``; else FileNotFoundError(… + missing)."""
+    for root in roots:
+        for name in (stem + ".gz", stem):
+            if (root / name).is_file():
+                return root / name
+    where = " or ".join(str(r / stem) + "[.gz]" for r in roots)
+    raise FileNotFoundError(f"{where} not found. {missing}")
+
+
+def _idx_pair(roots: list[Path], prefix: str, what: str, missing: str) -> tuple[Tensor, Tensor]:
+    """(images (N, 1, H, W) in [-1, 1], labels (N,)) from the IDX pair ``<prefix>-{images-idx3,labels-idx1}-ubyte``;
+    8-bit values k map to ``k/127.5 − 1`` (= 2k/255 − 1)."""
+    images = read_idx(_find(roots, f"{prefix}-images-idx3-ubyte", missing))
+    labels = read_idx(_find(roots, f"{prefix}-labels-idx1-ubyte", missing))
+    if images.ndim != 3 or labels.shape != (images.shape[0],):
+        raise ValueError(f"{what} files in {roots[0]} disagree: images {images.shape}, labels {labels.shape}")
+    x = torch.from_numpy(images.astype(np.float32)) / 127.5 - 1.0
+    return x[:, None].contiguous(), torch.from_numpy(labels.astype(np.int64))
 
 
 def load_fashion_mnist(split: str = "train", root: str | Path = FASHION_MNIST_ROOT) -> tuple[Tensor, Tensor]:
@@ -99,15 +123,138 @@ def load_fashion_mnist(split: str = "train", root: str | Path = FASHION_MNIST_RO
         FileNotFoundError: naming the install line, when the files are missing.
     """
     _check_split(split, ("train", "test"))
-    root = Path(root)
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
-    if images.ndim != 3 or labels.shape != (images.shape[0],):
-        raise ValueError(f"Fashion-MNIST files in {root} disagree: images {images.shape}, labels {labels.shape}")
-    x = torch.from_numpy(images.astype(np.float32)) / 127.5 - 1.0
-    return x[:, None].contiguous(), torch.from_numpy(labels.astype(np.int64))
+    missing = (f"On Debian/Ubuntu install Fashion-MNIST with `{FASHION_MNIST_INSTALL}` (files land in "
+               f"{FASHION_MNIST_ROOT}), or pass root= a folder holding the four IDX files of "
+               "github.com/zalandoresearch/fashion-mnist")
+    return _idx_pair([Path(root).expanduser()], "train" if split == "train" else "t10k", "Fashion-MNIST", missing)
 
 
-__all__ = ["FASHION_MNIST_ROOT", "FASHION_MNIST_INSTALL", "digits_split_indices", "load_digits",
-           "load_fashion_mnist", "read_idx"]
+# torchvision's usual root=: MNIST lands in data/MNIST/raw, CIFAR-10 in data/cifar-10-batches-py (relative to the cwd)
+TORCHVISION_ROOT = "data"
+
+
+def _torchvision_hint(dataset: str, root: Path) -> str:
+    return (f"Nothing is downloaded at run time: on a machine with network run `python -c \"import torchvision; "
+            f"torchvision.datasets.{dataset}('{root}', download=True)\"` and copy the folder here, or pass root= "
+            "the folder that holds it")
+
+
+def load_mnist(split: str = "train", root: str | Path = TORCHVISION_ROOT) -> tuple[Tensor, Tensor]:
+    """MNIST as ``(images, labels)``: float32 (N, 1, 28, 28) in [-1, 1] (``k/127.5 − 1``) and int64 (N,).
+
+    Args:
+        split: ``"train"`` (60000) or ``"test"`` (10000, the ``t10k`` files).
+        root: torchvision's root: the IDX files are looked for in ``<root>/MNIST/raw/``, then in ``<root>``
+            itself, each as ``<name>.gz`` or ``<name>``.
+    Raises:
+        FileNotFoundError: naming the expected paths and the torchvision command that fetches them.
+    """
+    _check_split(split, ("train", "test"))
+    root = Path(root).expanduser()
+    return _idx_pair([root / "MNIST" / "raw", root], "train" if split == "train" else "t10k", "MNIST",
+                     _torchvision_hint("MNIST", root))
+
+
+# The globals a CIFAR-10 batch (a pickled dict of NumPy arrays and lists) may name; anything else is refused, so a
+# tampered file cannot run code when it is read (numpy 1 writes numpy.core, numpy 2 numpy._core).
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays")
+        with warnings.catch_warnings():  # numpy 2 warns when numpy.core is imported
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return super().find_class(module, name)
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images (N, 3, 32, 32), labels (N,)) of one python-version CIFAR-10 batch file."""
+    with open(path, "rb") as fh:
+        batch = _ArrayUnpickler(fh, encoding="latin1").load()
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} is not a CIFAR-10 batch (a pickled dict), got {type(batch).__name__}")
+    data, labels = (batch.get(k, batch.get(k.encode())) for k in ("data", "labels"))
+    data, labels = np.asarray(data), np.asarray(labels)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),):
+        raise ValueError(f"{path}: expected uint8 data (N, 3072) and N labels, got data {data.dtype} {data.shape} "
+                         f"and labels {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels  # rows are 1024 red, 1024 green, 1024 blue values, row-major
+
+
+def load_cifar10(split: str = "train", root: str | Path = TORCHVISION_ROOT) -> tuple[Tensor, Tensor]:
+    """CIFAR-10 as ``(images, labels)``: float32 (N, 3, 32, 32) in [-1, 1] (``k/127.5 − 1``) and int64 (N,).
+
+    Args:
+        split: ``"train"`` (``data_batch_1`` … ``data_batch_5``, 50000) or ``"test"`` (``test_batch``, 10000).
+        root: torchvision's root; the batches are read from ``<root>/cifar-10-batches-py/``.
+    Raises:
+        FileNotFoundError: naming the expected path and the torchvision command that fetches it.
+    """
+    _check_split(split, ("train", "test"))
+    folder = Path(root).expanduser() / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    for name in names:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"CIFAR-10 batch {folder / name} not found. "
+                                    f"{_torchvision_hint('CIFAR10', Path(root).expanduser())}")
+    images, labels = zip(*(_cifar_batch(folder / name) for name in names))
+    x = torch.from_numpy(np.concatenate(images).astype(np.float32)) / 127.5 - 1.0
+    return x.contiguous(), torch.from_numpy(np.concatenate(labels).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """One entry of ``IMAGE_DATASETS``: the loader ``load(split, root)``, the shape (C, H, W) of a sample, the
+    number of 8-bit-style quantization levels of its pixels (data sit on ``2k/(levels − 1) − 1``), the classes,
+    and the default root (None: shipped with a package)."""
+
+    name: str
+    shape: tuple[int, int, int]
+    levels: int
+    num_classes: int
+    default_root: str | None
+    load: Callable[[str, str | Path | None], tuple[Tensor, Tensor]]
+
+
+def _digits(split: str, root: str | Path | None) -> tuple[Tensor, Tensor]:
+    if root is not None:
+        raise ValueError(f"the digits ship with scikit-learn and take no root, got root={root!r}")
+    return load_digits(split)
+
+
+IMAGE_DATASETS: dict[str, ImageDataset] = {
+    "digits": ImageDataset("digits", (1, 8, 8), 17, 10, None, _digits),
+    "fashion_mnist": ImageDataset("fashion_mnist", (1, 28, 28), 256, 10, FASHION_MNIST_ROOT,
+                                  lambda split, root: load_fashion_mnist(split, root or FASHION_MNIST_ROOT)),
+    "mnist": ImageDataset("mnist", (1, 28, 28), 256, 10, TORCHVISION_ROOT,
+                          lambda split, root: load_mnist(split, root or TORCHVISION_ROOT)),
+    "cifar10": ImageDataset("cifar10", (3, 32, 32), 256, 10, TORCHVISION_ROOT,
+                            lambda split, root: load_cifar10(split, root or TORCHVISION_ROOT)),
+}
+
+
+def load_image_dataset(name: str, split: str = "train", root: str | Path | None = None) -> tuple[Tensor, Tensor]:
+    """``(images, labels)`` of a registered image dataset: float32 (N, C, H, W) in [-1, 1] and int64 (N,).
+
+    Args:
+        name: a key of ``IMAGE_DATASETS`` (digits, fashion_mnist, mnist, cifar10).
+        split: ``"train"`` or ``"test"`` (the digits also ``"all"``).
+        root: where the files are; None: the entry's ``default_root``.
+    """
+    if name not in IMAGE_DATASETS:
+        raise KeyError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
+    entry = IMAGE_DATASETS[name]
+    x, labels = entry.load(split, root)
+    if tuple(x.shape[1:]) != entry.shape:
+        raise ValueError(f"{name}: expected images of shape (N, {', '.join(map(str, entry.shape))}), "
+                         f"got {tuple(x.shape)}")
+    return x, labels
+
+
+__all__ = ["FASHION_MNIST_ROOT", "FASHION_MNIST_INSTALL", "IMAGE_DATASETS", "ImageDataset", "TORCHVISION_ROOT",
+           "digits_split_indices", "load_cifar10", "load_digits", "load_fashion_mnist", "load_image_dataset",
+           "load_mnist", "read_idx"]

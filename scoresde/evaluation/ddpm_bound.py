@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from scoresde.models.score_model import ScoreModel
+from scoresde.sde.base import SDE
 from scoresde.solvers.grids import make_grid
 from scoresde.utils import batch_sq_norm, flat_dim
 
@@ -65,6 +66,15 @@ def discretized_gaussian_log_likelihood(x0: Tensor, mean: Tensor, std: Tensor, l
     return _log_bin_prob(lo, hi).reshape(x0.shape[0], -1).sum(1)
 
 
+def has_ddpm_chain(sde: SDE) -> bool:
+    """Whether ``sde`` is a continuous-time version of Ho et al.'s chain: it has a ``ddpm_schedule`` and is
+    variance preserving, ``std² = 1 − s²`` (VP, cosine VP; not sub-VP, VE or EDM)."""
+    if getattr(sde, "ddpm_schedule", None) is None:
+        return False
+    t = torch.linspace(0.1, 0.9, 5, dtype=torch.float64) * sde.T
+    return bool(torch.allclose(sde.std(t) ** 2, 1 - sde.s(t) ** 2, rtol=1e-6, atol=1e-9))
+
+
 def _check(model: ScoreModel, x0: Tensor, steps: int, variance: str, decoder: str, levels: int,
            timesteps: int | None) -> None:
     if variance not in VARIANCES:
@@ -74,8 +84,7 @@ def _check(model: ScoreModel, x0: Tensor, steps: int, variance: str, decoder: st
     if getattr(model.sde, "ddpm_schedule", None) is None:
         raise ValueError(f"the DDPM bound needs an SDE with a DDPM discretization (vp, cosine); "
                          f"{model.sde.name} has none")
-    t = torch.linspace(0.1, 0.9, 5, dtype=torch.float64) * model.sde.T
-    if not torch.allclose(model.sde.std(t) ** 2, 1 - model.sde.s(t) ** 2, rtol=1e-6, atol=1e-9):
+    if not has_ddpm_chain(model.sde):
         raise ValueError(f"the DDPM chain has marginal variance 1 − ᾱ; the {model.sde.name} SDE's std² ≠ 1 − s², "
                          "so its model is not a model of that chain")
     if not isinstance(steps, int) or steps < 2:
@@ -156,4 +165,5 @@ def ddpm_bound(model: ScoreModel, x0: Tensor, steps: int = 1000, *, variance: st
     return DDPMBoundResult(nats, prior, diffusion, dec, bpd, steps, model.nfe - nfe0, time.perf_counter() - start)
 
 
-__all__ = ["DDPMBoundResult", "ddpm_bound", "discretized_gaussian_log_likelihood", "VARIANCES", "DECODERS"]
+__all__ = ["DDPMBoundResult", "ddpm_bound", "discretized_gaussian_log_likelihood", "has_ddpm_chain", "VARIANCES",
+           "DECODERS"]

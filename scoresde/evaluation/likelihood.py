@@ -159,21 +159,25 @@ def _probes(x: Tensor, probes: int, noise: str, generator: torch.Generator | Non
     return eps.to(x.device)
 
 
+def _vjps(h: Tensor, x: Tensor, vs: Tensor) -> Tensor:
+    """``vᵀ ∂h/∂x`` for each of the vectors ``vs`` (P, *h.shape), shape (P, *x.shape): one vmapped backward pass
+    (``is_grads_batched``), or a loop of P passes where an operation has no batching rule."""
+    try:
+        (out,) = torch.autograd.grad(h, x, vs, retain_graph=True, is_grads_batched=True)
+        return out
+    except (RuntimeError, NotImplementedError):
+        return torch.stack([torch.autograd.grad(h, x, v, retain_graph=True)[0] for v in vs])
+
+
 def _divergence(h: Tensor, x: Tensor, eps: Tensor | None) -> Tensor:
     """∇·h at x: the exact trace, shape (1, B), or one Hutchinson–Skilling estimate εᵀ(∂h/∂x)ε per probe,
-    shape (P, B). ``h`` must have been computed from ``x`` (with grad)."""
-    flat_h = h.reshape(h.shape[0], -1)
-    if eps is None:  # one backward pass per dimension; the network is evaluated once
-        div = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
-        for i in range(flat_h.shape[1]):
-            (grad,) = torch.autograd.grad(flat_h[:, i].sum(), x, retain_graph=True)
-            div = div + grad.reshape(h.shape[0], -1)[:, i]
-        return div[None]
-    out = []
-    for e in eps:
-        (vjp,) = torch.autograd.grad(h, x, e, retain_graph=True)
-        out.append((vjp * e).reshape(h.shape[0], -1).sum(1))
-    return torch.stack(out)
+    shape (P, B). ``h`` must have been computed from ``x`` (with grad); the network is evaluated once."""
+    b, d = h.shape[0], h[0].numel()
+    if eps is None:  # the trace from the D basis vectors e_i: Σ_i (e_iᵀ ∂h/∂x)_i
+        basis = torch.eye(d, dtype=h.dtype, device=h.device)[:, None, :].expand(d, b, d).reshape(d, *h.shape)
+        rows = _vjps(h, x, basis).reshape(d, b, d)
+        return rows.diagonal(dim1=0, dim2=2).sum(-1)[None]
+    return (_vjps(h, x, eps) * eps).reshape(eps.shape[0], b, -1).sum(-1)
 
 
 def _check_inputs(model: ScoreModel, x0: Tensor, divergence: str, probes: int, noise: str,

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scoresde.data import IMAGE_DATASETS
 from scoresde.models.networks import MLP, UNet, cifar10_unet, tiny_unet
 from scoresde.models.preconditioning import Preconditioned
 from scoresde.models.score_model import ScoreModel
@@ -42,7 +43,6 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Bag", "Ankle boot"]
 DIGITS_CLASSES = [str(k) for k in range(10)]
 _CLASS_NAMES = {"fashion_mnist": FASHION_MNIST_CLASSES, "digits": DIGITS_CLASSES, "mnist": DIGITS_CLASSES}
-_SHAPES = {"digits": [1, 8, 8], "fashion_mnist": [1, 28, 28], "mnist": [1, 28, 28], "cifar10": [3, 32, 32]}
 
 
 @dataclass
@@ -95,7 +95,8 @@ def _spec_from_training_config(cfg: dict[str, Any]) -> dict[str, Any]:
     data = cfg.get("data") or {}
     precond = {"kind": model.get("kind", "edm"), "sigma_data": float(model.get("sigma_data", 0.5)),
                "c_noise": model.get("c_noise"), "normalize_input": bool(model.get("normalize_input", False))}
-    shape = _SHAPES.get(data.get("name"), [int(data.get("dim", 2))])
+    image = IMAGE_DATASETS.get(data.get("name"))
+    shape = list(image.shape) if image is not None else [int(data.get("dim", 2))]
     return {"net": {"class": target.rsplit(".", 1)[-1], "kwargs": kwargs}, "preconditioning": precond,
             "sde": dict(cfg["sde"]), "shape": shape, "class_names": _CLASS_NAMES.get(data.get("name"), [])}
 

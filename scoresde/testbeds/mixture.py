@@ -54,7 +54,7 @@ class GaussianMixture:
         return (self.means.to(x.device, x.dtype), self.stds.to(x.device, x.dtype),
                 self.weights.to(x.device, x.dtype))
 
-    def _log_components(self, x_hat: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    def log_components(self, x_hat: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """log(w_k N(x̂; μ_k, v_k I)) of shape (B, K), and the variances v_k = c_k² + σ² of shape (B, K)."""
         means, stds, weights = self._params(x_hat)
         flat = x_hat.reshape(x_hat.shape[0], -1)
@@ -66,7 +66,7 @@ class GaussianMixture:
     def denoiser(self, x_hat: Tensor, sigma: Tensor | float) -> Tensor:
         """Exact ``D(x̂; σ) = E[x₀ | x₀ + σε = x̂]`` for a batch x̂ of shape (B, *event_shape)."""
         sigma = as_time(sigma, x_hat)
-        log_w, var = self._log_components(x_hat, sigma)
+        log_w, var = self.log_components(x_hat, sigma)
         resp = torch.softmax(log_w, dim=1)  # (B, K)
         means, stds, _ = self._params(x_hat)
         shrink = stds[None, :] ** 2 / var  # (B, K)
@@ -78,7 +78,7 @@ class GaussianMixture:
         """Exact ``∇ log p(x̂; σ) = Σ_k r_k(x̂)(μ_k − x̂)/(c_k² + σ²)``, written without the cancellation
         of ``(D − x̂)/σ²`` at small σ."""
         sigma = as_time(sigma, x_hat)
-        log_w, var = self._log_components(x_hat, sigma)
+        log_w, var = self.log_components(x_hat, sigma)
         weight = torch.softmax(log_w, dim=1) / var  # (B, K)
         means, _, _ = self._params(x_hat)
         flat = x_hat.reshape(x_hat.shape[0], -1)
@@ -86,7 +86,7 @@ class GaussianMixture:
 
     def log_prob_sigma(self, x_hat: Tensor, sigma: Tensor | float) -> Tensor:
         """``log p(x̂; σ)`` of the unscaled noisy variable, shape (B,)."""
-        log_w, _ = self._log_components(x_hat, as_time(sigma, x_hat))
+        log_w, _ = self.log_components(x_hat, as_time(sigma, x_hat))
         return torch.logsumexp(log_w, dim=1)
 
     def log_prob(self, x0: Tensor) -> Tensor:

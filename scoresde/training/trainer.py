@@ -1,18 +1,24 @@
-"""The training loop: AdamW with linear warmup, gradient clipping, EMA, tensorboard, checkpoints, exact resume.
+"""The training loop: AdamW with warmup and a constant or cosine schedule, gradient clipping, EMA, tensorboard,
+checkpoints, exact resume, and data-parallel training under ``torchrun``.
 
 :class:`Trainer` is the only library object that touches the filesystem (DESIGN.md boundary 5): it writes
 tensorboard events into ``log_dir`` and checkpoints into ``ckpt_dir``. Every random draw of training goes
-through an explicit ``torch.Generator`` (the data order and the loss's times and noise) or torch's global
-RNG (dropout), and all of them are saved in each checkpoint with the model, the EMA and the optimizer, so a
-run killed at step k and resumed from its checkpoint ends with the same weights as a run never interrupted
-(on CPU bitwise; on CUDA up to the nondeterminism of its kernels).
+through an explicit ``torch.Generator`` (the data order and flips, the loss's times and noise) or torch's
+global RNG (dropout), and all of them are saved in each checkpoint with the model, the EMA and the optimizer,
+so a run killed at step k and resumed from its checkpoint ends with the same weights as a run never
+interrupted (on CPU bitwise; on CUDA up to the nondeterminism of its kernels).
+
+The pieces live next door: :mod:`~scoresde.training.batches` (data iteration and sharding),
+:mod:`~scoresde.training.schedule` (learning rates), :mod:`~scoresde.training.rng_state`,
+:mod:`~scoresde.training.labels` and :mod:`~scoresde.training.plots`; the names other modules import from
+here (``image_grid``, ``scatter_figure``, ``fixed_labels``, ``drop_labels``, ``stream_seeds``) still work.
 """
 from __future__ import annotations
 
 import copy
 import math
-import random
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,10 +28,21 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from scoresde.distributed import (
+    DistContext,
+    RankFailure,
+    broadcast_object,
+    gather_objects,
+    is_peer_failure,
+    mean_across_ranks,
+    rank_failure,
+)
 from scoresde.models.ema import EMA
 from scoresde.models.preconditioning import Preconditioned
+from scoresde.models.score_model import ScoreModel
 from scoresde.sampling import sample
 from scoresde.sde.base import SDE
+from scoresde.training.batches import BatchSource
 from scoresde.training.checkpoint import (
     check_plain,
     checkpoint_path,
@@ -34,6 +51,11 @@ from scoresde.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from scoresde.training.data_parallel import ddp_score_model, wrap_ddp
+from scoresde.training.labels import drop_labels, fixed_labels
+from scoresde.training.plots import image_grid, scatter_figure
+from scoresde.training.rng_state import capture_rng, derived_seed, restore_rng
+from scoresde.training.schedule import check_schedule, lr_at
 
 STATE_FORMAT = 1
 SCALAR_TAGS = ("train/loss", "train/grad_norm", "train/lr", "train/steps_per_s")
@@ -43,57 +65,6 @@ def stream_seeds(seed: int) -> dict[str, int]:
     """Independent seeds for the data order, the loss noise and the sample grids, from one seed."""
     keys = ("data", "loss", "sample")
     return dict(zip(keys, (int(s) for s in np.random.SeedSequence(seed).generate_state(len(keys)))))
-
-
-def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
-    """Tile images (B, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1], ``nrow`` per row
-    (default ⌈√B⌉), separated by ``pad`` white pixels. Plain torch, no torchvision."""
-    if images.ndim != 4:
-        raise ValueError(f"image_grid takes (B, C, H, W), got shape {tuple(images.shape)}")
-    b, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(b))
-    rows = math.ceil(b / nrow)
-    grid = images.new_ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    x = ((images.float().clamp(-1, 1) + 1) / 2).cpu()
-    grid = grid.float().cpu()
-    for i in range(b):
-        r, k = divmod(i, nrow)
-        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = x[i]
-    return grid
-
-
-def scatter_figure(points: Tensor, title: str = "", labels: Tensor | None = None) -> Any:
-    """A matplotlib figure of 2-D points (B, 2), coloured by ``labels`` (B,) when given (not registered
-    with pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    p = points.detach().float().cpu()
-    colour = {} if labels is None else {"c": labels.cpu().numpy(), "cmap": "tab10"}
-    ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.5, **colour)
-    ax.set_aspect("equal")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def drop_labels(labels: Tensor, p: float, null_class: int, generator: torch.Generator | None = None) -> Tensor:
-    """Classifier-free guidance's label dropout (Ho & Salimans 2022): each label becomes ``null_class`` with
-    probability ``p``, from one U[0, 1) draw per label of ``generator``. Returns a new tensor (B,)."""
-    if p <= 0:
-        return labels
-    u = torch.rand(labels.shape, generator=generator, device=labels.device)
-    return torch.where(u < p, torch.full_like(labels, null_class), labels)
-
-
-def fixed_labels(n: int, num_classes: int) -> Tensor:
-    """``n`` labels for sample plots, classes in blocks of ``⌈n/K⌉`` (row ``k`` of a grid with ``⌈n/K⌉``
-    images per row is class ``k``), shape (n,)."""
-    per = math.ceil(n / num_classes)
-    return (torch.arange(n) // per).clamp(max=num_classes - 1)
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -118,9 +89,14 @@ class Trainer:
             iterable data a class-conditional model takes the labels from batches ``(images, labels)``.
         label_dropout: probability that a training label is replaced by the null class K (classifier-free
             guidance, Ho & Salimans 2022), drawn from the loss generator; class-conditional models only.
-        batch_size: samples per step (tensor data).
-        lr, weight_decay: AdamW's learning rate and decoupled weight decay.
+        batch_size: samples per step (tensor data): the *global* batch; under ``torchrun`` each of N ranks
+            trains on ``batch_size/N`` of them, so a config means the same run on any number of ranks.
+        lr, weight_decay: AdamW's learning rate (for the global batch) and decoupled weight decay.
         warmup_steps: linear warmup: step i uses ``lr·min(1, (i+1)/warmup_steps)``.
+        lr_schedule, lr_min: after warmup, ``constant`` or ``cosine`` decay to ``lr_min`` at ``total_steps``
+            (:func:`scoresde.training.schedule.lr_at`).
+        hflip: random horizontal flips of image batches, drawn from the data generator
+            (:mod:`scoresde.data.augment`).
         grad_clip: clip the global gradient norm to this (None or 0: no clipping; the norm is logged anyway).
         ema: a :class:`~scoresde.models.EMA` of ``model`` (default: decay 0.999), updated after every step.
         total_steps: optimizer steps of the whole run.
@@ -136,17 +112,25 @@ class Trainer:
         keep_checkpoints: keep only this many latest checkpoints (0: all).
         config: the resolved run config (a plain dict), stored in each checkpoint.
         progress: show a tqdm bar (loss and steps/s).
+        distributed: the :class:`scoresde.distributed.DistContext` of a ``torchrun`` process (None: one
+            process). With several ranks the model trains inside ``DistributedDataParallel`` (gradients
+            averaged over ranks), every rank draws the same data permutation and takes its slice of each global
+            batch, each rank has its own loss-noise stream, and only rank 0 writes tensorboard events, sample
+            plots and checkpoints (which hold every rank's RNG states, so that a resume is exact). A failed
+            collective (a crashed or hung rank, after the process group's timeout) raises
+            :class:`scoresde.distributed.RankFailure`.
     """
 
     def __init__(self, model: Preconditioned, sde: SDE, loss: Any, data: Tensor | Iterable[Any], *,
                  labels: Tensor | None = None, label_dropout: float = 0.0, batch_size: int = 256, lr: float = 1e-3,
-                 weight_decay: float = 0.0, warmup_steps: int = 0,
-                 grad_clip: float | None = 1.0, ema: EMA | None = None, total_steps: int = 1000,
+                 weight_decay: float = 0.0, warmup_steps: int = 0, lr_schedule: str = "constant",
+                 lr_min: float = 0.0, grad_clip: float | None = 1.0, ema: EMA | None = None, total_steps: int = 1000,
                  log_dir: str | Path | None = None, ckpt_dir: str | Path | None = None, ckpt_every: int = 0,
                  log_every: int = 50, sample_every: int = 0, sample_solver: str = "heun", sample_steps: int = 18,
                  sample_grid: str = "karras", sample_options: dict[str, Any] | None = None, n_samples: int = 1000,
                  seed: int = 0, device: str | torch.device = "cpu", bf16: bool = False, keep_checkpoints: int = 0,
-                 config: dict[str, Any] | None = None, progress: bool = True):
+                 config: dict[str, Any] | None = None, progress: bool = True, hflip: bool = False,
+                 distributed: DistContext | None = None):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.total_steps = _positive_int("total_steps", total_steps)
         self.warmup_steps = _positive_int("warmup_steps", warmup_steps, 0)
@@ -155,10 +139,7 @@ class Trainer:
         self.sample_every = _positive_int("sample_every", sample_every, 0)
         self.n_samples = _positive_int("n_samples", n_samples)
         self.keep_checkpoints = _positive_int("keep_checkpoints", keep_checkpoints, 0)
-        if not lr > 0 or not weight_decay >= 0:
-            raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
-        if grad_clip is not None and grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0 or None, got {grad_clip}")
+        self._check_numbers(lr, weight_decay, grad_clip, lr_schedule, lr_min)
         self.num_classes = getattr(model, "num_classes", None)
         if not 0 <= label_dropout < 1 or (label_dropout and not self.num_classes):
             raise ValueError(f"label_dropout must be in [0, 1) and needs a class-conditional model (num_classes), "
@@ -166,9 +147,11 @@ class Trainer:
         self.label_dropout = float(label_dropout)
         config = dict(config or {})
         check_plain(config, "config")
+        self.ctx = distributed or DistContext(device=torch.device(device))
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.sde, self.loss, self.lr, self.grad_clip = sde, loss, float(lr), grad_clip or math.inf
+        self.lr_schedule, self.lr_min = lr_schedule, float(lr_min)
         self.ema = ema if ema is not None else EMA(self.model, decay=0.999)
         self.ema.shadow = {k: v.to(self.device) for k, v in self.ema.shadow.items()}
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -179,87 +162,49 @@ class Trainer:
         self.autocast = bool(bf16) and self.device.type == "cuda"
         self.config, self.progress, self.seed = config, progress, int(seed)
         self.step, self.last_loss = 0, math.nan
-        seeds = stream_seeds(self.seed)
-        self.sample_seed = seeds["sample"]
-        self.data_gen = torch.Generator().manual_seed(seeds["data"])
-        self.loss_gen = torch.Generator(self.device).manual_seed(seeds["loss"])
-        self._init_data(data, labels)
+        self._seeds = stream_seeds(self.seed)
+        self.sample_seed = self._seeds["sample"]
+        self.data_gen = torch.Generator().manual_seed(self._seeds["data"])
+        self.loss_gen = torch.Generator(self.device).manual_seed(self._rank_seed(self._seeds["loss"]))
+        self.batches = BatchSource(data, labels, batch_size=self.batch_size, num_classes=self.num_classes,
+                                   device=self.device, generator=self.data_gen, rank=self.ctx.rank,
+                                   world_size=self.ctx.world_size, hflip=hflip)
         self._writer = None
+        self._ddp = wrap_ddp(self.model, self.ema, self.ctx)
+
+    @staticmethod
+    def _check_numbers(lr: float, weight_decay: float, grad_clip: float | None, schedule: str, lr_min: float) -> None:
+        if not lr > 0 or not weight_decay >= 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
+        if grad_clip is not None and grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 or None, got {grad_clip}")
+        check_schedule(schedule, lr, lr_min)
+
+    def _rank_seed(self, seed: int, *more: int) -> int:
+        """``seed`` itself for one process (as before sharding existed); an independent seed per rank otherwise."""
+        return seed if not self.ctx.enabled and not more else derived_seed(seed, self.ctx.rank, *more)
 
     # ---- data -------------------------------------------------------------------------------------------
-    def _check_labels(self, labels: Tensor, n: int) -> Tensor:
-        k = self.num_classes
-        if labels.shape != (n,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be integers of shape ({n},), got {labels.dtype} {tuple(labels.shape)}")
-        if bool(((labels < 0) | (labels >= k)).any()):
-            raise ValueError(f"labels must lie in [0, {k}) for a model with num_classes={k}, got "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
-        return labels.long().to(self.device)
-
-    def _init_data(self, data: Tensor | Iterable[Any], labels: Tensor | None = None) -> None:
-        self._perm: Tensor | None = None
-        self._pos = self._epoch = self._pass_pos = 0
-        self._iter = None
-        if isinstance(data, Tensor):
-            if data.ndim < 2 or len(data) == 0:
-                raise ValueError(f"data must be a tensor (N, ...) with N >= 1, got shape {tuple(data.shape)}")
-            if self.batch_size > len(data):
-                raise ValueError(f"batch_size={self.batch_size} exceeds the {len(data)} training samples")
-            self._data, self._batches = data.to(self.device), None
-            if labels is not None and not self.num_classes:
-                raise ValueError("labels were given, but the model is unconditional (its network has no num_classes)")
-            if self.num_classes and labels is None:
-                raise ValueError(f"the model is class-conditional (num_classes={self.num_classes}): pass labels")
-            self._labels = None if labels is None else self._check_labels(torch.as_tensor(labels), len(data))
-            self.event_shape: tuple[int, ...] | None = tuple(data.shape[1:])
-        elif isinstance(data, Iterable):
-            if labels is not None:
-                raise ValueError("labels go with tensor data; an iterable yields (images, labels) batches")
-            self._data, self._batches, self.event_shape, self._labels = None, data, None, None
-        else:
-            raise TypeError(f"data must be a tensor or an iterable of batches, got {type(data).__name__}")
-
-    def _next_iterable_batch(self) -> tuple[Tensor, Tensor | None]:
-        if self._iter is None:  # (re)start, skipping what a resumed run already used in this pass
-            self._iter = iter(self._batches)
-            for _ in range(self._pass_pos):
-                next(self._iter)
-        try:
-            batch = next(self._iter)
-        except StopIteration:
-            self._iter, self._pass_pos = iter(self._batches), 0
-            batch = next(self._iter, None)
-            if batch is None:
-                raise ValueError("the data iterable yielded no batches") from None
-        self._pass_pos += 1
-        x, y = (batch[0], batch[1] if len(batch) > 1 else None) if isinstance(batch, tuple | list) else (batch, None)
-        self.event_shape = tuple(x.shape[1:])
-        if not self.num_classes:
-            return x.to(self.device), None
-        if y is None:
-            raise ValueError(f"the model is class-conditional (num_classes={self.num_classes}), but the data "
-                             "batches have no labels: yield (images, labels)")
-        return x.to(self.device), self._check_labels(torch.as_tensor(y), len(x))
+    @property
+    def event_shape(self) -> tuple[int, ...] | None:
+        """The shape of one training sample (known for tensor data, else after the first batch)."""
+        return self.batches.event_shape
 
     def next_batch(self) -> tuple[Tensor, Tensor | None]:
-        """The next training batch (B, ...) on the device and its labels (B,) (None for unconditional models)."""
-        if self._data is None:
-            return self._next_iterable_batch()
-        n = len(self._data)
-        if self._perm is None or self._pos + self.batch_size > n:
-            self._perm, self._pos = torch.randperm(n, generator=self.data_gen), 0
-            self._epoch += 1
-        idx = self._perm[self._pos:self._pos + self.batch_size]
-        self._pos += self.batch_size
-        idx = idx.to(self.device)
-        return self._data[idx], None if self._labels is None else self._labels[idx]
+        """This rank's next training batch (B, ...) on the device and its labels (B,) (None for unconditional
+        models)."""
+        return self.batches.next()
 
     # ---- optimization -----------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Learning rate of the update after ``step`` previous steps (linear warmup, then constant)."""
-        if self.warmup_steps == 0:
-            return self.lr
-        return self.lr * min(1.0, (step + 1) / self.warmup_steps)
+        """Learning rate of the update after ``step`` previous steps (warmup, then the schedule)."""
+        return lr_at(step, self.lr, self.warmup_steps, self.total_steps, self.lr_schedule, self.lr_min)
+
+    def _train_score_model(self, labels: Tensor | None) -> ScoreModel:
+        """The score model the loss sees; under DDP its network calls go through the DDP wrapper."""
+        if self._ddp is None:
+            return self.model.score_model(self.sde, labels)
+        return ddp_score_model(self._ddp, self.model, self.sde, labels)
 
     def train_step(self, x0: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One optimizer step on the batch ``x0`` (with its class ``labels`` for a conditional model, label
@@ -268,10 +213,10 @@ class Trainer:
         if labels is not None:
             labels = drop_labels(labels, self.label_dropout, self.num_classes, self.loss_gen)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            model = self.model.score_model(self.sde, labels)
+            model = self._train_score_model(labels)
             loss = self.loss(model, x0, generator=self.loss_gen).float().mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP: gradients averaged over ranks here
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -282,10 +227,18 @@ class Trainer:
 
     def train(self, num_steps: int | None = None) -> dict[str, float]:
         """Run until ``total_steps`` (or ``num_steps`` more); log, sample and checkpoint on schedule.
-        Returns ``{"step", "loss"}`` (the mean loss of the last logging window)."""
+        Returns ``{"step", "loss"}`` (the mean loss of the last logging window, over all ranks)."""
+        try:
+            return self._train(num_steps)
+        except RuntimeError as e:  # DDP's broadcasts and all-reduces: a peer crashed, hung or is unreachable
+            if not self.ctx.enabled or isinstance(e, RankFailure) or not is_peer_failure(e):
+                raise
+            raise rank_failure(self.ctx, f"training step {self.step + 1}", e) from e
+
+    def _train(self, num_steps: int | None) -> dict[str, float]:
         end = self.total_steps if num_steps is None else min(self.total_steps, self.step + num_steps)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="scoresde-train", unit="step",
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)
         window: list[Tensor] = []
         norms: list[Tensor] = []
         busy, s0 = 0.0, self.step  # seconds spent in training steps (not sampling or saving) since s0
@@ -318,8 +271,9 @@ class Trainer:
 
     # ---- logging ----------------------------------------------------------------------------------------
     def writer(self) -> Any:
-        """The tensorboard SummaryWriter of ``log_dir`` (None without one); resuming purges later events."""
-        if self.log_dir is None:
+        """The tensorboard SummaryWriter of ``log_dir`` (None without one, and on ranks other than 0);
+        resuming purges later events."""
+        if self.log_dir is None or not self.ctx.is_main:
             return None
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
@@ -327,6 +281,7 @@ class Trainer:
         return self._writer
 
     def _log_scalars(self, loss: float, grad_norm: float, rate: float) -> None:
+        loss = mean_across_ranks(loss, self.ctx, "averaging the training loss")
         if not math.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss} by step {self.step}")
         self.last_loss = loss
@@ -340,7 +295,8 @@ class Trainer:
     def sample(self, n: int | None = None, class_labels: Tensor | int | None = None) -> Tensor:
         """``n`` samples (default ``n_samples``) from the EMA model with the configured solver. Uses its own
         generator and leaves every training RNG untouched. A class-conditional model samples ``class_labels``
-        (default :func:`fixed_labels`: every class in turn, in blocks; the null class K is unconditional)."""
+        (default :func:`fixed_labels`: every class in turn, in blocks; the null class K is unconditional).
+        Talks to no other rank (the EMA model is not wrapped in DDP)."""
         if self.event_shape is None:
             raise ValueError("the data shape is unknown until the first batch has been drawn")
         n = n or self.n_samples
@@ -357,7 +313,7 @@ class Trainer:
                           device=self.device, **self.sample_options)
 
     def log_samples(self) -> None:
-        """Write a sample grid (images) or scatter plot (2-D points) to tensorboard."""
+        """Write a sample grid (images) or scatter plot (2-D points) to tensorboard (rank 0 only)."""
         writer = self.writer()
         if writer is None:
             return
@@ -376,54 +332,67 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs, as tensors, dicts, lists and primitives."""
-        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state(),
-                               "loss": self.loss_gen.get_state(), "python": random.getstate()}
-        np_state = np.random.get_state()
-        rng["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        data = {"perm": self._perm, "pos": self._pos, "epoch": self._epoch, "pass_pos": self._pass_pos}
-        return {"format": STATE_FORMAT, "step": self.step, "model": self.model.state_dict(),
-                "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng, "data": data,
-                "last_loss": self.last_loss, "config": self.config}
+        """Everything a resumed run needs, as tensors, dicts, lists and primitives. Under torchrun every rank
+        must call it (it gathers each rank's RNG states into ``dist``, complete on rank 0)."""
+        rng = {**capture_rng(self.loss_gen), "data": self.data_gen.get_state()}
+        state = {"format": STATE_FORMAT, "step": self.step, "model": self.model.state_dict(),
+                 "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng,
+                 "data": self.batches.state_dict(), "last_loss": self.last_loss, "config": self.config}
+        if self.ctx.enabled:
+            mine = {**capture_rng(self.loss_gen), "data": self.data_gen.get_state()}  # flips of iterable data
+            ranks = gather_objects(mine, self.ctx, "gathering RNG states for a checkpoint")
+            state["dist"] = {"world_size": self.ctx.world_size, "rng": ranks}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (model, EMA, optimizer, step, RNGs and the data position)."""
+        """Restore a :meth:`state_dict` (model, EMA, optimizer, step, RNGs and the data position). Under
+        torchrun each rank takes its own RNG states when the checkpoint has them for this many ranks;
+        otherwise the data order continues exactly and the per-rank noise streams are reseeded (a warning)."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"unknown checkpoint format {state.get('format')!r} (expected {STATE_FORMAT})")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.last_loss = int(state["step"]), float(state["last_loss"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
+        rng, saved = state["rng"], state.get("dist") or {"world_size": 1, "rng": None}
         self.data_gen.set_state(rng["data"])
-        self.loss_gen.set_state(rng["loss"])
-        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-        np_state = rng["numpy"]
-        np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
-        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        data = state["data"]
-        self._perm, self._pos, self._epoch = data["perm"], int(data["pos"]), int(data["epoch"])
-        self._pass_pos, self._iter = int(data["pass_pos"]), None
+        if saved["world_size"] == self.ctx.world_size:
+            own = saved["rng"][self.ctx.rank] if self.ctx.enabled else rng
+            restore_rng(own, self.loss_gen)
+            self.data_gen.set_state(own["data"])
+        else:
+            warnings.warn(f"checkpoint of a {saved['world_size']}-process run resumed by {self.ctx.world_size}: the "
+                          "data order continues exactly; the loss noise and torch RNG are reseeded per rank",
+                          UserWarning, stacklevel=2)
+            restore_rng(rng, self.loss_gen)
+            self.loss_gen.manual_seed(self._rank_seed(self._seeds["loss"], self.step))
+            torch.manual_seed(self._rank_seed(self._seeds["loss"], self.step, 1))
+        self.batches.load_state_dict(state["data"])
 
-    def save(self) -> Path:
-        """Write ``ckpt_dir/ckpt_{step:08d}.pt`` atomically; returns its path."""
+    def save(self) -> Path | None:
+        """Write ``ckpt_dir/ckpt_{step:08d}.pt`` atomically; returns its path (None on ranks other than 0,
+        which only contribute their RNG states)."""
         if self.ckpt_dir is None:
             raise ValueError("this Trainer has no ckpt_dir")
-        path = save_checkpoint(self.state_dict(), checkpoint_path(self.ckpt_dir, self.step))
+        state = self.state_dict()
+        if not self.ctx.is_main:
+            return None
+        path = save_checkpoint(state, checkpoint_path(self.ckpt_dir, self.step))
         prune_checkpoints(self.ckpt_dir, self.keep_checkpoints)
         return path
 
     def resume(self, path: str | Path | None = None) -> Path | None:
-        """Load ``path`` (default: the latest checkpoint in ``ckpt_dir``); returns what was loaded, or None
-        when there is no checkpoint yet (a fresh start)."""
+        """Load ``path`` (default: the latest checkpoint in ``ckpt_dir``, as rank 0 finds it); returns what was
+        loaded, or None when there is no checkpoint yet (a fresh start). Under torchrun every rank loads the
+        file rank 0 names, so ``ckpt_dir`` must be on a file system all ranks see."""
         if path is None:
-            path = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+            found = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None and self.ctx.is_main else None
+            path = broadcast_object(None if found is None else str(found), self.ctx, "agreeing on the checkpoint")
             if path is None:
                 return None
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"rank {self.ctx.rank}: no checkpoint at {path} (under torchrun the run "
+                                    "directory must be on a file system every rank sees)")
         self.load_state_dict(load_checkpoint(path, map_location="cpu"))
         return Path(path)
 
@@ -434,4 +403,5 @@ class Trainer:
             self._writer = None
 
 
-__all__ = ["Trainer", "SCALAR_TAGS", "drop_labels", "fixed_labels", "image_grid", "scatter_figure", "stream_seeds"]
+__all__ = ["Trainer", "SCALAR_TAGS", "STATE_FORMAT", "drop_labels", "fixed_labels", "image_grid", "scatter_figure",
+           "stream_seeds"]

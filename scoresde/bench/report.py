@@ -1,0 +1,162 @@
+"""What a sweep reports: fitted convergence orders, the comparison with peers, markdown tables and strict JSON.
+
+The measured order of a deterministic solver is the negative slope of log RMSE (to the reference ODE solution
+from the same x_T) against log NFE, fitted by least squares over its budgets (as diffrax's tests do), shown
+beside the order the solver declares.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from scoresde.bench.metrics import QUALITY
+
+SERIES = ("problem", "sde", "source", "label", "grid")
+Row = dict[str, Any]
+
+
+def series_key(row: Row) -> tuple[str, ...]:
+    return tuple(str(row[k]) for k in SERIES)
+
+
+def series_name(row: Row) -> str:
+    """A short label of a row's series: ``label@grid`` (scoresde) or ``diffusers:method``."""
+    return f"{row['label']}@{row['grid']}" if row["source"] == "scoresde" else f"{row['source']}:{row['label']}"
+
+
+def ok(rows: Iterable[Row]) -> list[Row]:
+    return [r for r in rows if r["error"] is None]
+
+
+def fit_order(nfe: Iterable[float], err: Iterable[float]) -> float | None:
+    """−slope of log err against log NFE (least squares), or None with fewer than two usable points."""
+    pts = [(math.log(n), math.log(e)) for n, e in zip(nfe, err) if n and e and e > 0 and math.isfinite(e)]
+    if len({p[0] for p in pts}) < 2:
+        return None
+    x, y = np.array(pts).T
+    return float(-np.polyfit(x, y, 1)[0])
+
+
+def orders(rows: list[Row]) -> list[dict[str, Any]]:
+    """Per deterministic fixed-step series: declared order, fitted order and the NFE range of the fit."""
+    groups: dict[tuple[str, ...], list[Row]] = defaultdict(list)
+    for r in ok(rows):
+        if not r["stochastic"] and r["tol"] is None and r["rmse"] is not None:
+            groups[series_key(r)].append(r)
+    out = []
+    for mine in groups.values():
+        mine.sort(key=lambda r: r["nfe"])
+        out.append({"problem": mine[0]["problem"], "sde": mine[0]["sde"], "series": series_name(mine[0]),
+                    "declared": mine[0]["order"], "fitted": fit_order([r["nfe"] for r in mine],
+                                                                       [r["rmse"] for r in mine]),
+                    "nfe": [r["nfe"] for r in mine], "points": len(mine)})
+    return out
+
+
+def primary_metric(result: dict[str, Any], metric: str = "auto") -> str:
+    """The quality metric for Pareto fronts and the peer comparison: ``fd`` for images, else ``sw``."""
+    if metric != "auto":
+        if metric not in ("rmse", *QUALITY):
+            raise ValueError(f"metric must be auto, rmse or one of {', '.join(QUALITY)}, got {metric!r}")
+        return metric
+    return "fd" if "fd" in result["metrics"] else ("sw" if "sw" in result["metrics"] else "rmse")
+
+
+def best(rows: list[Row], metric: str) -> Row | None:
+    scored = [r for r in ok(rows) if r.get(metric) is not None]
+    return min(scored, key=lambda r: r[metric]) if scored else None
+
+
+def peer_comparison(result: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    """Per budget with peers and per metric (``metric``, then the RMSE to the reference ODE solution, which
+    resolves deterministic solvers far more finely than a distance between sample sets): scoresde's best run
+    against the best peer run, quality and time as ratios."""
+    out = []
+    budgets = sorted({r["budget"] for r in result["rows"] if r["source"] != "scoresde"})
+    pairs = [(b, m) for b in budgets for m in dict.fromkeys((metric, "rmse"))]
+    for b, m in pairs:
+        mine = best([r for r in result["rows"] if r["source"] == "scoresde" and r["budget"] == b], m)
+        peer = best([r for r in result["rows"] if r["source"] != "scoresde" and r["budget"] == b], m)
+        if mine is None or peer is None:
+            continue
+        out.append({"budget": b, "metric": m, "scoresde": series_name(mine), "scoresde_value": mine[m],
+                    "scoresde_nfe": mine["nfe"], "peer": series_name(peer), "peer_value": peer[m],
+                    "peer_nfe": peer["nfe"], "quality_ratio": mine[m] / peer[m] if peer[m] else None,
+                    "time_ratio": mine["time_s"] / peer["time_s"] if peer["time_s"] else None})
+    return out
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _table(head: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in lines]
+
+
+def runs_table(result: dict[str, Any]) -> list[str]:
+    lines = []
+    for r in result["rows"]:
+        steps = f"rtol={r['tol']:.0e}" if r["tol"] is not None else str(r["steps"])
+        if r["error"] is not None:
+            lines.append([series_name(r), steps, "-", "-", "-", "failed", r["error"][:60], "", "", ""])
+            continue
+        lines.append([series_name(r), steps, str(r["nfe"]), _fmt(r["time_s"], ".3f"), _fmt(r["samples_per_s"], ".0f"),
+                      _fmt(r["rmse"], ".2e"), _fmt(r["sw"], ".4f"), _fmt(r["mmd"], ".2e"), _fmt(r["nll"], ".3f"),
+                      _fmt(r["fd"], ".3f")])
+    floors, std = result["floors"], result.get("floors_std", {})
+
+    def floor(m: str, spec: str) -> str:
+        return "-" if m not in floors else f"{floors[m]:{spec}} ± {std.get(m, 0.0):{spec}}"
+
+    lines.append(["floor: exact vs exact (mean ± std)", "", "", "", "", "", floor("sw", ".4f"), floor("mmd", ".1e"),
+                  floor("nll", ".3f"), floor("fd", ".3f")])
+    return _table(["solver", "steps", "NFE", "time [s]", "samples/s", "RMSE", "SW2", "MMD²", "NLL", "FD"], lines)
+
+
+def markdown(results: list[dict[str, Any]], metric: str = "auto", notes: Iterable[str] = ()) -> str:
+    """All tables of a sweep: runs, fitted orders, and scoresde against the best peer, per problem."""
+    text = []
+    for res in results:
+        text += [f"### {res['problem']} / {res['sde']} ({res['device']})", ""] + runs_table(res) + [""]
+        for info in res["reference"]:
+            text.append(f"Reference: ode {info['method']} rtol={info['rtol']:.0e} float64 to t={info['t_end']:.3g} "
+                        f"(NFE {info['nfe']}, {info['time_s']:.2f} s).")
+        fits = orders(res["rows"])
+        if fits:
+            text += ["", "Convergence order (fit of log RMSE against log NFE):", ""]
+            text += _table(["solver", "declared order", "fitted order", "NFE range"],
+                           [[f["series"], f"{f['declared']:g}", _fmt(f["fitted"], ".2f"),
+                             f"{min(f['nfe'])}–{max(f['nfe'])}"] for f in fits])
+        cmp = peer_comparison(res, primary_metric(res, metric))
+        if cmp:
+            text += ["", "scoresde against peers at equal budget (ratios scoresde / peer; quality ratio ≤ 1: "
+                     "scoresde at least as good):", ""]
+            text += _table(["budget", "metric", "best scoresde", "value", "best peer", "value", "quality ratio",
+                            "time ratio"],
+                           [[str(c["budget"]), c["metric"], c["scoresde"], f"{c['scoresde_value']:.4g}", c["peer"],
+                             f"{c['peer_value']:.4g}", _fmt(c["quality_ratio"], ".3f"), _fmt(c["time_ratio"], ".2f")]
+                            for c in cmp])
+        text.append("")
+    text += [f"Note: {n}" for n in notes]
+    return "\n".join(text).rstrip() + "\n"
+
+
+def jsonable(value: Any) -> Any:
+    """Strict JSON: non-finite floats become the strings "inf", "-inf", "nan"; tuples become lists."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def dumps(payload: dict[str, Any]) -> str:
+    return json.dumps(jsonable(payload), indent=2, allow_nan=False)
