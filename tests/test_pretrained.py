@@ -64,3 +64,29 @@ def test_shipped_fashion_mnist_model_loads_and_denoises():
         denoised = pre.model(noisy, torch.full((2,), sigma), class_labels=torch.tensor([10, 10]))
     # at a small sigma the denoiser moves a sample towards the clean image: it removes most of the noise
     assert (denoised - x0).square().mean() < (noisy - x0).square().mean()
+
+
+def sample_cli(ckpt, out, *overrides):
+    from scoresde.cli.sample import sample_checkpoint
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(config_name="sample", overrides=[f"ckpt={ckpt}", f"out_dir={out}", "progress=false", "n=6",
+                                                       "device=cpu", "solver=euler", "steps=3", *overrides])
+    return sample_checkpoint(cfg)
+
+
+def test_sample_app_takes_a_pretrained_file_and_class_labels(run, tmp_path):
+    import scoresde as sd
+    path = export_pretrained(run, tmp_path / "model.pt")
+    pre = load_pretrained(path)
+    got = sample_cli(path, tmp_path / "a", "class_label=3")["samples"]
+    want = sd.sample(pre.score_model(3), "euler", 3, (6, 1, 8, 8), grid="karras", seed=list(range(6)), denoise=True)
+    torch.testing.assert_close(got, want)  # the app samples class 3 with per-sample seeds 0..5
+    rows = sample_cli(path, tmp_path / "b", "class_label=rows", "n=20")["samples"]
+    per_row = -(-20 // 10)  # row k (two images) is class k
+    torch.testing.assert_close(rows[6:8], sd.sample(pre.score_model(3), "euler", 3, (2, 1, 8, 8), grid="karras",
+                                                    seed=[6, 7], denoise=True))
+    assert rows.shape == (20, 1, 8, 8) and per_row == 2
+    with pytest.raises(ValueError, match="out of range"):
+        sample_cli(path, tmp_path / "c", "class_label=10")
+    with pytest.raises(ValueError, match="unknown class 'Shirt'"):
+        sample_cli(path, tmp_path / "d", "class_label=Shirt")

@@ -35,7 +35,10 @@ from scoresde.cli.train import IMAGE_DATA, build_model
 from scoresde.data import IMAGE_DATASETS, TOYS
 from scoresde.distributed import DistContext, cat_results, init_distributed, resolve_device, run_sharded, shutdown
 from scoresde.models import Preconditioned
+from scoresde.models.pretrained import FORMAT as PRETRAINED_FORMAT
+from scoresde.models.pretrained import PRETRAINED, load_pretrained
 from scoresde.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from scoresde.training.labels import fixed_labels
 from scoresde.training.trainer import image_grid, scatter_figure
 
 IMAGE_SHAPES = {name: tuple(d.shape) for name, d in IMAGE_DATASETS.items()}
@@ -125,14 +128,39 @@ def batch_size_of(cfg: DictConfig) -> int:
     return int(cfg.get("n", 64)) if value is None else value
 
 
+def class_labels_of(cfg: DictConfig, model: Preconditioned, n: int, names: list[str] | tuple[str, ...] = ()
+                    ) -> Tensor | None:
+    """Labels of the n samples from ``class_label``: null (unconditional; a conditional model's null class), an
+    index or a class name (every sample), or ``rows`` (classes in blocks: row k of the grid is class k)."""
+    choice = cfg.get("class_label")
+    if choice is None:
+        return None
+    k = model.num_classes
+    if not k:
+        raise ValueError(f"class_label={choice!r} needs a class-conditional model; this one has no classes")
+    if str(choice) == "rows":
+        return fixed_labels(n, k)
+    if isinstance(choice, str) and not choice.lstrip("-").isdigit():
+        if choice not in names:
+            raise ValueError(f"unknown class {choice!r}; classes: {', '.join(names) or f'0..{k - 1}'}")
+        choice = names.index(choice)
+    if not 0 <= int(choice) < k:
+        raise ValueError(f"class_label {choice} out of range: the model has {k} classes (0..{k - 1})")
+    return torch.full((n,), int(choice), dtype=torch.long)
+
+
 def draw_batches(cfg: DictConfig, ctx: DistContext, model: Preconditioned, sde: scoresde.SDE,
-                 shape: tuple[int, ...], entry: dict[str, Any]) -> list[tuple[Tensor, int]] | None:
+                 shape: tuple[int, ...], entry: dict[str, Any], class_names: list[str] | tuple[str, ...] = ()
+                 ) -> list[tuple[Tensor, int]] | None:
     """``(samples, NFE)`` of every seed batch in order on rank 0 (None on the others); this rank draws its share."""
     solver = scoresde.get_solver(entry["name"], **entry["options"])  # unknown names: the registry's KeyError
     n, seed = int(cfg.get("n", 64)), int(cfg.seed)
 
+    labels = class_labels_of(cfg, model, n, class_names)
+
     def one_batch(seeds: list[int]) -> tuple[Tensor, int]:
-        score_model = model.score_model(sde)  # a fresh NFE counter per batch
+        batch_labels = None if labels is None else labels[[s - seed for s in seeds]].to(ctx.device)
+        score_model = model.score_model(sde, batch_labels)  # a fresh NFE counter per batch
         x = scoresde.sample(score_model, solver, int(cfg.steps), (len(seeds), *shape), grid=entry["grid"], seed=seeds,
                             device=ctx.device, rho=float(cfg.get("rho", 7.0)), denoise=bool(cfg.get("denoise", True)),
                             progress=bool(cfg.get("progress", True)) and ctx.is_main)
@@ -162,10 +190,22 @@ def write_outputs(cfg: DictConfig, x: Tensor, nfes: list[int], seconds: float, p
             "png": out / "samples.png", "npz": out / "samples.npz", "rank": ctx.rank, "world_size": ctx.world_size}
 
 
+def load_any(path: Path | str, ema: bool, shape: Any = None) -> tuple[Preconditioned, scoresde.SDE, tuple[int, ...],
+                                                                       int, list[str]]:
+    """(model, SDE, sample shape, training step, class names) of a shipped model name, a pretrained file
+    (:mod:`scoresde.models.pretrained`) or a ``scoresde-train`` checkpoint."""
+    if str(path) in PRETRAINED or load_checkpoint(path).get("format") == PRETRAINED_FORMAT:
+        pre = load_pretrained(path)
+        return (pre.model, pre.sde, event_shape({}, shape) if shape is not None else pre.shape,
+                int(pre.provenance.get("step", -1)), pre.class_names)
+    model, sde, train_cfg, state = load_model(Path(path), ema)
+    return model, sde, event_shape(train_cfg, shape), int(state.get("step", -1)), []
+
+
 def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Load, sample (sharded over the ranks under torchrun), write ``samples.png`` and ``samples.npz`` on
     rank 0; returns the paths, NFE, seconds and samples there (``{"rank", "world_size"}`` elsewhere)."""
-    path = resolve_checkpoint(cfg.get("ckpt"))
+    path = cfg.ckpt if str(cfg.get("ckpt")) in PRETRAINED else resolve_checkpoint(cfg.get("ckpt"))
     entry = solver_entry(cfg)
     scoresde.get_solver(entry["name"], **entry["options"])  # an unknown solver fails before any process group
     n = int(cfg.get("n", 64))
@@ -177,11 +217,10 @@ def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     try:
-        model, sde, train_cfg, state = load_model(path, bool(cfg.get("ema", True)))
+        model, sde, shape, step, names = load_any(path, bool(cfg.get("ema", True)), cfg.get("shape"))
         model.to(ctx.device)
-        shape = event_shape(train_cfg, cfg.get("shape"))
         tick = time.perf_counter()
-        parts = draw_batches(cfg, ctx, model, sde, shape, entry)
+        parts = draw_batches(cfg, ctx, model, sde, shape, entry, names)
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         seconds = time.perf_counter() - tick
@@ -191,7 +230,7 @@ def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if parts is None:
         return {"checkpoint": str(path), "rank": ctx.rank, "world_size": ctx.world_size}
     x, nfes = cat_results([p[0] for p in parts]), [int(p[1]) for p in parts]
-    return write_outputs(cfg, x, nfes, seconds, path, int(state.get("step", -1)), entry, ctx)
+    return write_outputs(cfg, x, nfes, seconds, path, step, entry, ctx)
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="sample")

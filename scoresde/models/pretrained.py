@@ -101,8 +101,9 @@ def _spec_from_training_config(cfg: dict[str, Any]) -> dict[str, Any]:
             "sde": dict(cfg["sde"]), "shape": shape, "class_names": _CLASS_NAMES.get(data.get("name"), [])}
 
 
-def _read(path: Path) -> dict[str, Any]:
-    """A pretrained-format dict from a pretrained file, or from a training checkpoint (file or run dir)."""
+def _read(path: Path, ema: bool = True) -> dict[str, Any]:
+    """A pretrained-format dict from a pretrained file, or from a training checkpoint (file or run dir; its EMA
+    weights, or the raw ones with ``ema=False``)."""
     from scoresde.training.checkpoint import latest_checkpoint, load_checkpoint
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -118,8 +119,9 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(state.get("config"), dict) or "ema" not in state:
         raise ValueError(f"{path} is neither a {FORMAT} file nor a scoresde-train checkpoint")
     spec = _spec_from_training_config(state["config"])
-    spec.update(state_dict=state["ema"]["shadow"],
-                provenance={"checkpoint": str(path), "step": int(state.get("step", -1)), "config": state["config"]})
+    spec.update(state_dict=state["ema"]["shadow"] if ema else state["model"],
+                provenance={"checkpoint": str(path), "step": int(state.get("step", -1)), "config": state["config"],
+                            "weights": "ema" if ema else "raw"})
     return spec
 
 
@@ -143,11 +145,12 @@ def load_pretrained(name_or_path: str | Path = "fashion_mnist", device: str | to
                       list(spec.get("class_names", [])), dict(spec.get("provenance", {})))
 
 
-def export_pretrained(checkpoint: str | Path, out: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-    """Write the EMA weights and model description of a ``scoresde-train`` checkpoint (file or run dir) as a
-    pretrained file at ``out`` (atomically; float32 weights, no optimizer state)."""
+def export_pretrained(checkpoint: str | Path, out: str | Path, provenance: dict[str, Any] | None = None,
+                      ema: bool = True) -> Path:
+    """Write the EMA (or, ``ema=False``, raw) weights and model description of a ``scoresde-train`` checkpoint
+    (file or run dir) as a pretrained file at ``out`` (atomically; float32 weights, no optimizer state)."""
     from scoresde.training.checkpoint import save_checkpoint
-    spec = _read(Path(checkpoint).expanduser())
+    spec = _read(Path(checkpoint).expanduser(), ema)
     spec["state_dict"] = {k: v.float().contiguous() if v.is_floating_point() else v
                           for k, v in spec["state_dict"].items()}
     spec["provenance"] = {**spec.get("provenance", {}), **(provenance or {})}
