@@ -6,6 +6,11 @@ Public API:
     testbeds     GaussianMixture, get_testbed (gaussian, ring, grid, high_dim, digits)
     solvers      SOLVERS, get_solver, Solver, make_grid, TimeGrid, PerSampleNoise
     sampling     sample
+
+Subpackages imported explicitly: scoresde.training (losses, Trainer, checkpoints), scoresde.evaluation
+(likelihood, metrics), scoresde.guidance and scoresde.editing (guidance, SDEdit, inpainting, anagrams, hybrids),
+scoresde.models.pretrained (the shipped Fashion-MNIST model), scoresde.bench (the sampler benchmark suite),
+scoresde.distributed (torchrun helpers), scoresde.data (datasets and toys).
 """
 from scoresde.models import CountingModel, ScoreModel
 from scoresde.sampling import sample
