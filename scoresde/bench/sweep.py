@@ -23,8 +23,8 @@ from torch import Tensor
 
 import scoresde
 from scoresde.bench.metrics import Targets, build_targets, error_to, quality
+from scoresde.bench.planning import Entry, Run, Settings, plan_runs, reference_solution
 from scoresde.bench.problems import Problem, noise_seed
-from scoresde.cli.compare import Entry, Run, Settings, plan_runs, reference_solution
 from scoresde.distributed import DistContext, all_gather_objects, rank_batches
 from scoresde.solvers.noise import PerSampleNoise
 
