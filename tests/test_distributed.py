@@ -59,14 +59,15 @@ class CrashingLoss(DSMLoss):
         return super().__call__(model, x0, generator=generator, **kw)
 
 
-def launch(target, *args, timeout: float = 120, grace: float = 60) -> list:
+def launch(target, *args, timeout: float = 120, grace: float = 60, method: str = "fork") -> list:
     """Run ``target(rank, port, *args)`` in WORLD forked processes (they inherit the imports, DDP's included:
     a spawned process would spend many seconds importing torch again); returns the processes, joined or
-    killed after ``timeout`` (the caller checks what each did)."""
+    killed after ``timeout`` (the caller checks what each did). ``method="spawn"`` starts fresh interpreters
+    instead (slower; for a worker whose teardown could trip over state inherited through fork)."""
     import torch._dynamo  # noqa: F401  (DistributedDataParallel imports it; do it once, before forking)
 
-    port, fork = free_port(), mp.get_context("fork")
-    procs = [fork.Process(target=target, args=(r, port, *args)) for r in range(WORLD)]
+    port, context = free_port(), mp.get_context(method)
+    procs = [context.Process(target=target, args=(r, port, *args)) for r in range(WORLD)]
     for p in procs:
         p.start()
     procs[0].join(timeout=timeout)
@@ -237,7 +238,9 @@ def _train_app_worker(rank: int, port: int, run: str) -> None:
 def test_train_app_under_torchrun_env_resumes_a_single_process_run_and_only_rank_0_writes(tmp_path, capfd):
     run = tmp_path / "run"
     train(compose_cfg("train", TRAIN + [f"out_dir={run}", "steps=4"]))
-    procs = launch(_train_app_worker, str(run))
+    # spawn: forked after this process trained in-process (tensorboard writer, thread pools), a rank now and then
+    # hung in its teardown; fresh interpreters do not
+    procs = launch(_train_app_worker, str(run), method="spawn")
     assert finish(procs) == [False] * WORLD and [p.exitcode for p in procs] == [0] * WORLD
     printed = capfd.readouterr().out
     assert printed.count("resumed from") == 1 and "ckpt_00000004.pt" in printed  # printed by rank 0 only
