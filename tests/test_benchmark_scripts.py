@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from scoresde.data import FASHION_MNIST_INSTALL, FASHION_MNIST_ROOT
 from scoresde.models.pretrained import PRETRAINED, WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +25,7 @@ def test_every_script_has_a_tiny_setting():
 
 
 @pytest.mark.skipif(not (WEIGHTS_DIR / PRETRAINED["fashion_mnist"]).is_file(), reason="shipped weights not built")
+@pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(), reason=f"needs Fashion-MNIST: {FASHION_MNIST_INSTALL}")
 def test_gallery_script_makes_an_image(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_gallery.py"), *GALLERY, "--out",
