@@ -83,9 +83,11 @@ def pick_device(name: Any) -> torch.device:
     return resolve_device(name)
 
 
-def load_model(path: Path, ema: bool = True) -> tuple[Preconditioned, scoresde.SDE, dict[str, Any], dict[str, Any]]:
-    """(model in eval mode with the EMA or raw weights, SDE, training config, checkpoint state)."""
-    state = load_checkpoint(path, map_location="cpu")
+def load_model(path: Path, ema: bool = True, state: dict[str, Any] | None = None
+               ) -> tuple[Preconditioned, scoresde.SDE, dict[str, Any], dict[str, Any]]:
+    """(model in eval mode with the EMA or raw weights, SDE, training config, checkpoint state); ``state``: the
+    checkpoint at ``path`` when the caller has already read it."""
+    state = load_checkpoint(path, map_location="cpu") if state is None else state
     cfg = state.get("config")
     if not isinstance(cfg, dict) or "model" not in cfg or "sde" not in cfg:
         raise ValueError(f"checkpoint {path} holds no training config (written by scoresde-train?); "
@@ -194,11 +196,12 @@ def load_any(path: Path | str, ema: bool, shape: Any = None) -> tuple[Preconditi
                                                                        int, list[str]]:
     """(model, SDE, sample shape, training step, class names) of a shipped model name, a pretrained file
     (:mod:`scoresde.models.pretrained`) or a ``scoresde-train`` checkpoint."""
-    if str(path) in PRETRAINED or load_checkpoint(path).get("format") == PRETRAINED_FORMAT:
+    state = None if str(path) in PRETRAINED else load_checkpoint(path, map_location="cpu")
+    if state is None or state.get("format") == PRETRAINED_FORMAT:
         pre = load_pretrained(path)
         return (pre.model, pre.sde, event_shape({}, shape) if shape is not None else pre.shape,
                 int(pre.provenance.get("step", -1)), pre.class_names)
-    model, sde, train_cfg, state = load_model(Path(path), ema)
+    model, sde, train_cfg, state = load_model(Path(path), ema, state)
     return model, sde, event_shape(train_cfg, shape), int(state.get("step", -1)), []
 
 
