@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scoresde.errors import UnknownNameError
+
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
 DIGITS_TEST_FRACTION = 0.2
@@ -246,7 +248,7 @@ def load_image_dataset(name: str, split: str = "train", root: str | Path | None 
         root: where the files are; None: the entry's ``default_root``.
     """
     if name not in IMAGE_DATASETS:
-        raise KeyError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
+        raise UnknownNameError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
     entry = IMAGE_DATASETS[name]
     x, labels = entry.load(split, root)
     if tuple(x.shape[1:]) != entry.shape:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scoresde.errors import UnknownNameError
 from scoresde.guidance.composite import IDENTITY, View
 
 
@@ -35,7 +36,7 @@ def get_view(name: str | View) -> View:
     if isinstance(name, View):
         return name
     if name not in VIEWS:
-        raise KeyError(f"unknown view {name!r}; known views: {', '.join(VIEWS)}")
+        raise UnknownNameError(f"unknown view {name!r}; known views: {', '.join(VIEWS)}")
     return VIEWS[name]
 
 

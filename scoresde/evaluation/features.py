@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from scoresde.errors import UnknownNameError
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # dataset name -> image side; the architecture only differs by an early pooling for images larger than 16 px
 IMAGE_SIZES = {"digits": 8, "fashion_mnist": 28}
@@ -62,7 +64,7 @@ class ClassifierCNN(nn.Module):
 
 def _check_dataset(dataset: str) -> None:
     if dataset not in IMAGE_SIZES:
-        raise KeyError(f"no feature classifier for {dataset!r}; known: {', '.join(sorted(IMAGE_SIZES))}")
+        raise UnknownNameError(f"no feature classifier for {dataset!r}; known: {', '.join(sorted(IMAGE_SIZES))}")
 
 
 def weights_path(dataset: str) -> Path:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from scoresde.data import load_digits, load_fashion_mnist
+from scoresde.errors import UnknownNameError
 from scoresde.evaluation.features import IMAGE_SIZES, ClassifierCNN, weights_path
 
 DEFAULTS = {"digits": {"epochs": 40, "batch_size": 64, "lr": 2e-3},
@@ -34,7 +35,7 @@ def load_split(dataset: str, split: str) -> tuple[Tensor, Tensor]:
         return load_digits(split)
     if dataset == "fashion_mnist":
         return load_fashion_mnist(split)
-    raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(IMAGE_SIZES))}")
+    raise UnknownNameError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(IMAGE_SIZES))}")
 
 
 @torch.no_grad()

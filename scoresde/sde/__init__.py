@@ -1,6 +1,7 @@
 """Forward SDEs (math only) and the reverse dynamics derived from them."""
 from __future__ import annotations
 
+from scoresde.errors import UnknownNameError
 from scoresde.sde.base import SDE
 from scoresde.sde.edm import EDMSDE
 from scoresde.sde.reverse import ProbabilityFlowODE, ReverseSDE
@@ -13,7 +14,7 @@ SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm"
 def get_sde(name: str, **kwargs: float) -> SDE:
     """Build an SDE by name (``vp``, ``subvp``, ``ve``, ``edm``, ``cosine``)."""
     if name not in SDES:
-        raise KeyError(f"unknown SDE {name!r}; known SDEs: {', '.join(sorted(SDES))}")
+        raise UnknownNameError(f"unknown SDE {name!r}; known SDEs: {', '.join(sorted(SDES))}")
     return SDES[name](**kwargs)
 
 

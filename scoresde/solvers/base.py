@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from scoresde.errors import UnknownNameError
 from scoresde.models.score_model import ScoreModel
 from scoresde.solvers.grids import TimeGrid
 from scoresde.solvers.noise import GeneratorNoise, NoiseSource
@@ -185,7 +186,7 @@ def get_solver(name: str | Solver, **options: Any) -> Solver:
             raise ValueError("options cannot be given together with a ready solver instance")
         return name
     if name not in SOLVERS:
-        raise KeyError(f"unknown solver {name!r}; registered solvers: {', '.join(sorted(SOLVERS))}")
+        raise UnknownNameError(f"unknown solver {name!r}; registered solvers: {', '.join(sorted(SOLVERS))}")
     try:
         return SOLVERS[name](**options)
     except TypeError as err:

@@ -14,6 +14,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from scoresde.errors import UnknownNameError
 from scoresde.sde.base import SDE, forward_kernel
 
 GRIDS: tuple[str, ...] = ("uniform", "quadratic", "karras", "logsnr", "ddpm")
@@ -104,7 +105,7 @@ def make_grid(sde: SDE, steps: int, kind: str = "uniform", *, t_min: float | Non
             sig = torch.exp(torch.log(s_max) + u * (torch.log(s_min) - torch.log(s_max)))
         t = sde.t_of_sigma(sig)
     else:
-        raise KeyError(f"unknown grid {kind!r}; known grids: {', '.join(GRIDS)}")
+        raise UnknownNameError(f"unknown grid {kind!r}; known grids: {', '.join(GRIDS)}")
     t[0] = T_  # exact end points despite round-off
     if n > 1:
         t[-1] = t_min_

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from scoresde.errors import UnknownNameError
 from scoresde.testbeds.mixture import GaussianMixture
 
 
@@ -60,5 +61,5 @@ TESTBEDS = {"gaussian": gaussian, "ring": ring, "grid": grid, "high_dim": high_d
 def get_testbed(name: str, **kwargs: float) -> GaussianMixture:
     """Build a testbed by name (gaussian, ring, grid, high_dim, digits)."""
     if name not in TESTBEDS:
-        raise KeyError(f"unknown testbed {name!r}; known testbeds: {', '.join(sorted(TESTBEDS))}")
+        raise UnknownNameError(f"unknown testbed {name!r}; known testbeds: {', '.join(sorted(TESTBEDS))}")
     return TESTBEDS[name](**kwargs)

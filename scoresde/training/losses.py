@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from scoresde.errors import UnknownNameError
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.base import SDE
 from scoresde.utils import append_dims, as_time, batch_sq_norm
@@ -251,7 +252,7 @@ LOSSES: dict[str, type] = {"dsm": DSMLoss, "ddpm": DDPMLoss, "edm": EDMLoss}
 def get_loss(name: str, **kwargs: float | str | bool | None) -> DSMLoss | DDPMLoss | EDMLoss:
     """Build a loss by name (``dsm``, ``ddpm``, ``edm``)."""
     if name not in LOSSES:
-        raise KeyError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+        raise UnknownNameError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
     return LOSSES[name](**kwargs)
 
 
