@@ -41,7 +41,7 @@ def zeroed(run, path):
 
 
 def sd_ckpt(run):
-    from scoresde.cli.sample import resolve_checkpoint
+    from scoresde.models.loader import resolve_checkpoint
     return resolve_checkpoint(run)
 
 

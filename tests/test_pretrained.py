@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from scoresde.cli.common import CONFIG_DIR
-from scoresde.cli.sample import load_model, resolve_checkpoint
+from scoresde.models.loader import load_model, resolve_checkpoint
 from scoresde.cli.train import train
 from scoresde.models.pretrained import PRETRAINED, WEIGHTS_DIR, export_pretrained, load_pretrained
 from scoresde.training.checkpoint import load_checkpoint
@@ -27,7 +27,8 @@ def run(tmp_path_factory):
 
 
 def test_export_then_load_gives_the_checkpoints_ema_model(run, tmp_path):
-    reference, sde, _, state = load_model(resolve_checkpoint(run))
+    loaded = load_model(resolve_checkpoint(run))
+    reference, sde, state = loaded.model, loaded.sde, {"step": loaded.step}
     path = export_pretrained(run, tmp_path / "model.pt", provenance={"command": "test"})
     exported = load_checkpoint(path)  # weights_only: nothing in the file runs code
     assert exported["format"] == "scoresde-pretrained" and "optimizer" not in exported
@@ -47,7 +48,7 @@ def test_class_names_and_bad_names(run):
     assert pre.class_index("7") == 7 and pre.class_index(2) == 2
     with pytest.raises(ValueError, match="out of range"):
         pre.class_index(10)
-    with pytest.raises(ValueError, match="unknown pretrained model 'nonesuch'"):
+    with pytest.raises(ValueError, match="unknown model 'nonesuch'"):
         load_pretrained("nonesuch")
 
 

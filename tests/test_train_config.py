@@ -34,7 +34,7 @@ BAD = [
     (["sde.name=nope"], r"sde: unknown SDE 'nope'; known SDEs: .*vp"),
     (["data.name=nope"], r"unknown data 'nope'; choose a toy \(ring"),
     (["sample.solver=nope"], r"unknown sample.solver 'nope'; known solvers: .*heun"),
-    (["model.net._target_=scoresde.models.Nope"], r"cannot build model 'mlp' \(net._target_='scoresde.models.Nope'\)"),
+    (["model.net._target_=scoresde.models.Nope"], r"model.net._target_='scoresde.models.Nope' is not a registered network"),
     (["data=digits", "model=tiny_unet", "+model.net.channel_mult=[1,1,1,1,1]"],
      r"model 'tiny_unet': a U-Net with 5 levels needs an image size divisible by 2\^4 = 16, but the data is \(8, 8\)"),
     (["model.net.dim=3"], r"model 'mlp' cannot take the data's samples of shape \(2,\)"),
@@ -64,7 +64,7 @@ def test_console_app_prints_one_line_and_exits_2(tmp_path):
     cmd = [sys.executable, "-m", "scoresde.cli.train", "lr=-1", f"out_dir={tmp_path}", "progress=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "scoresde-train: bad config: lr must be a number > 0, got lr=-1"
+    assert proc.stderr.strip() == "scoresde-train: error: lr must be a number > 0, got lr=-1"
     assert "Traceback" not in proc.stderr
 
 

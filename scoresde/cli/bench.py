@@ -25,8 +25,9 @@ from scoresde.bench import SweepSettings, dumps, markdown, plan_peers, plot_resu
 from scoresde.bench.problems import Problem, dataset_sampler, network_problem, testbed_problem
 from scoresde.cli.common import CONFIG_DIR, named, output_dir, plain
 from scoresde.cli.compare import parse_entries
-from scoresde.cli.sample import event_shape, load_model, resolve_checkpoint
+from scoresde.data.from_config import load_data_config
 from scoresde.distributed import DistContext, init_distributed, shutdown
+from scoresde.models.loader import load_model
 
 PROBLEMS = ("testbed", "checkpoint")
 
@@ -50,10 +51,9 @@ def sde_list(cfg: DictConfig) -> list[scoresde.SDE]:
 
 def checkpoint_data(train_cfg: dict[str, Any]) -> Any:
     """Real samples of the checkpoint's training data (None for an image dataset that is not installed)."""
-    from scoresde.cli.train import load_data
     try:
-        return dataset_sampler(load_data(train_cfg["data"], seed=12345).float())
-    except FileNotFoundError:
+        return dataset_sampler(load_data_config(train_cfg["data"], seed=12345)[0].float())
+    except (FileNotFoundError, KeyError, TypeError, ValueError):  # not installed, or no data config stored
         return None
 
 
@@ -66,10 +66,10 @@ def build_problems(cfg: DictConfig, device: torch.device) -> list[Problem]:
         return [testbed_problem(testbed, sde, device) for sde in sde_list(cfg)]
     if plain(cfg.get("sdes")):
         raise ValueError("sdes= applies to testbeds; a checkpoint's SDE is the one it was trained with")
-    path = resolve_checkpoint(cfg.get("ckpt"))
-    net, sde, train_cfg, state = load_model(path, bool(cfg.get("ema", True)))
-    name = f"{named(train_cfg['data'], 'data')['name']}@step{int(state.get('step', -1))}"
-    return [network_problem(net, sde, event_shape(train_cfg), name, checkpoint_data(train_cfg), device)]
+    loaded = load_model(cfg.get("ckpt"), bool(cfg.get("ema", True)))
+    train_cfg = loaded.training_config
+    name = f"{(train_cfg.get('data') or {}).get('name', 'model')}@step{loaded.step}"
+    return [network_problem(loaded.model, loaded.sde, loaded.shape, name, checkpoint_data(train_cfg), device)]
 
 
 def machine(device: torch.device) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 A Hydra app (``configs/likelihood.yaml``) that evaluates one of two things:
 
-- **a checkpoint** (``ckpt=<file or run dir>``, loaded with :func:`scoresde.cli.sample.resolve_checkpoint` and
-  :func:`scoresde.cli.sample.load_model`, EMA weights by default) on a dataset: ``data=<digits|fashion_mnist|mnist|
+- **a checkpoint** (``ckpt=<file, run dir or shipped name>``, loaded with :func:`scoresde.models.loader.load_model`,
+  EMA weights by default) on a dataset: ``data=<digits|fashion_mnist|mnist|
   cifar10|ring|...>`` (default: the checkpoint's training data), the first ``n`` images of split ``split``
   (default ``test``), or ``n`` points of a 2-D toy. The SDE is the checkpoint's. A class-conditional model is
   evaluated with the null class (its unconditional model) unless ``labels=true``, which feeds each image's label.
@@ -41,10 +41,11 @@ from tqdm.auto import tqdm
 
 import scoresde
 from scoresde.cli.common import CONFIG_DIR, generator, named
-from scoresde.cli.sample import load_model, pick_device, resolve_checkpoint
+from scoresde.cli.sample import pick_device
 from scoresde.data import IMAGE_DATASETS, TOYS, load_image_dataset, make_toy
 from scoresde.evaluation.ddpm_bound import ddpm_bound, has_ddpm_chain
 from scoresde.evaluation.likelihood import DIVERGENCES, Dequantization, ode_log_likelihood
+from scoresde.models.loader import load_model
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.base import SDE
 
@@ -110,15 +111,6 @@ def testbed_source(cfg: DictConfig, seeds: dict[str, int], dtype: torch.dtype) -
                   exact=lambda pts, t: testbed.marginal_log_prob(pts, t, sde), log_p0=testbed.log_prob)
 
 
-def _trained_shape(train_cfg: dict[str, Any]) -> tuple[int, ...]:
-    data = named(train_cfg.get("data"), "data")
-    if data["name"] in IMAGE_DATASETS:
-        return IMAGE_DATASETS[data["name"]].shape
-    if data["name"] in TOYS:
-        return (int(data.get("dim", 2)),)
-    raise ValueError(f"the checkpoint was trained on unknown data {data['name']!r}")
-
-
 def _dataset(cfg: DictConfig, data: dict[str, Any], seed: int) -> tuple[Tensor, Tensor | None]:
     """The first n images of the split (with labels), or n points of a toy drawn from ``seed``."""
     name, n = data["name"], int(cfg.n)
@@ -134,16 +126,19 @@ def _dataset(cfg: DictConfig, data: dict[str, Any], seed: int) -> tuple[Tensor, 
 
 def checkpoint_source(cfg: DictConfig, seeds: dict[str, int], dtype: torch.dtype) -> Source:
     """A trained checkpoint on ``data=`` (default: its training data), with the checkpoint's SDE."""
-    path = resolve_checkpoint(cfg.ckpt)
-    net, sde, train_cfg, state = load_model(path, bool(cfg.get("ema", True)))
+    loaded = load_model(cfg.ckpt, bool(cfg.get("ema", True)))
+    path, net, sde, train_cfg = loaded.provenance["source"], loaded.model, loaded.sde, loaded.training_config
     device = pick_device(cfg.get("device"))
     net.to(device=device, dtype=dtype)
+    if cfg.get("data") is None and not train_cfg.get("data"):
+        raise ValueError(f"{path} does not say what it was trained on; give data=<name>")
     data = named(cfg.data if cfg.get("data") is not None else train_cfg.get("data"), "data")
     x, labels = _dataset(cfg, data, seeds["data"])
-    want = _trained_shape(train_cfg)
-    if tuple(x.shape[1:]) != want:
+    if tuple(x.shape[1:]) != loaded.shape:
+        trained = (train_cfg.get("data") or {}).get("name")
         raise ValueError(f"data {data['name']!r} has samples of shape {tuple(x.shape[1:])}, but the checkpoint's "
-                         f"model was trained on {named(train_cfg['data'], 'data')['name']!r} of shape {want}")
+                         f"model takes samples of shape {loaded.shape}"
+                         + (f" (it was trained on {trained!r})" if trained else ""))
     if cfg.get("labels"):
         if not net.num_classes or labels is None:
             raise ValueError("labels=true needs a class-conditional checkpoint and labelled data; this checkpoint "
@@ -153,7 +148,7 @@ def checkpoint_source(cfg: DictConfig, seeds: dict[str, int], dtype: torch.dtype
     else:
         labels = None
     deq = _dequantization(cfg, data["name"]) if data["name"] in IMAGE_DATASETS else None
-    title = f"{path} (step {state.get('step', '?')}, {'EMA' if cfg.get('ema', True) else 'raw'} weights) on " \
+    title = f"{path} (step {loaded.step}, {'EMA' if cfg.get('ema', True) else 'raw'} weights) on " \
             f"{data['name']}{'' if deq is None else ' ' + str(cfg.get('split') or data.get('split', 'test'))}" \
             f"{', true labels' if labels is not None else ', null class' if net.num_classes else ''}"
     return Source(title, sde, x.to(device=device, dtype=dtype), labels,

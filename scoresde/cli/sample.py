@@ -1,8 +1,8 @@
 """``scoresde-sample``: draw samples from a training checkpoint (Hydra app, ``configs/sample.yaml``).
 
-The checkpoint holds the resolved training config; the model is rebuilt from it with the same builder
-``scoresde-train`` uses (:func:`scoresde.cli.train.build_model`), loaded with the EMA weights (``ema=true``,
-the default) or the raw ones, and sampled with any registered solver from ``configs/solver/`` (its registry
+``ckpt`` is loaded by the one model loader (:func:`scoresde.models.loader.load_model`: the network from the
+allowlist, the digest verified) with the EMA weights (``ema=true``, the default) or the raw
+ones, and sampled with any registered solver from ``configs/solver/`` (its registry
 name, default grid and options; ``grid=...`` and ``options.X=...`` override them) with a fixed seed.
 ``ckpt`` is a checkpoint file, a folder of checkpoints, or a run dir (``<dir>/checkpoints``); a folder gives
 its latest checkpoint that loads (:func:`scoresde.training.checkpoint.latest_checkpoint`).
@@ -23,78 +23,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
 import scoresde
-from scoresde.cli.common import CONFIG_DIR, named, output_dir, plain
-from scoresde.cli.train import IMAGE_DATA, build_model
-from scoresde.data import IMAGE_DATASETS, TOYS
+from scoresde.cli.common import app_main, output_dir, plain
 from scoresde.distributed import DistContext, cat_results, init_distributed, resolve_device, run_sharded, shutdown
 from scoresde.models import Preconditioned
-from scoresde.models.pretrained import FORMAT as PRETRAINED_FORMAT
-from scoresde.models.pretrained import PRETRAINED, load_pretrained
-from scoresde.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from scoresde.models.loader import load_model, resolve_source
 from scoresde.training.labels import fixed_labels
 from scoresde.training.trainer import image_grid, scatter_figure
 
-IMAGE_SHAPES = {name: tuple(d.shape) for name, d in IMAGE_DATASETS.items()}
 DEVICES = ("cpu", "cuda", "auto")
-
-
-def resolve_checkpoint(ckpt: Any) -> Path:
-    """The checkpoint file ``ckpt`` names: a file, or the latest good checkpoint of a folder / run dir."""
-    if ckpt is None or str(ckpt) in ("", "???"):
-        raise ValueError("set ckpt=<checkpoint file or run dir>")
-    path = Path(str(ckpt)).expanduser()
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint file or run directory at {path}")
-    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    found = latest_checkpoint(folder)
-    if found is None:
-        what = "no loadable checkpoint" if list_checkpoints(folder) else "no checkpoint (ckpt_*.pt)"
-        raise FileNotFoundError(f"{what} in {folder}")
-    return found
-
-
-def event_shape(train_cfg: dict[str, Any], override: Any = None) -> tuple[int, ...]:
-    """The shape of one sample: ``override``, else from the training data config (toys: (dim,))."""
-    if override is not None:
-        shape = tuple(int(s) for s in plain(override))
-        if not shape or min(shape) < 1:
-            raise ValueError(f"shape must be a non-empty list of positive sizes, got {override!r}")
-        return shape
-    data = named(train_cfg.get("data"), "data")
-    if data["name"] in TOYS:
-        return (int(data.get("dim", 2)),)
-    if data["name"] in IMAGE_SHAPES:
-        return IMAGE_SHAPES[data["name"]]
-    raise ValueError(f"cannot tell the sample shape of data {data['name']!r} (known: {', '.join(TOYS)}, "
-                     f"{', '.join(IMAGE_DATA)}); give shape=[C,H,W]")
 
 
 def pick_device(name: Any) -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available): :func:`~scoresde.distributed.resolve_device`."""
     return resolve_device(name)
-
-
-def load_model(path: Path, ema: bool = True, state: dict[str, Any] | None = None
-               ) -> tuple[Preconditioned, scoresde.SDE, dict[str, Any], dict[str, Any]]:
-    """(model in eval mode with the EMA or raw weights, SDE, training config, checkpoint state); ``state``: the
-    checkpoint at ``path`` when the caller has already read it."""
-    state = load_checkpoint(path, map_location="cpu") if state is None else state
-    cfg = state.get("config")
-    if not isinstance(cfg, dict) or "model" not in cfg or "sde" not in cfg:
-        raise ValueError(f"checkpoint {path} holds no training config (written by scoresde-train?); "
-                         "cannot rebuild its model")
-    model = build_model(cfg["model"])
-    model.load_state_dict(state["ema"]["shadow"] if ema else state["model"])
-    return model.eval().requires_grad_(False), scoresde.get_sde(**named(cfg["sde"], "sde")), cfg, state
 
 
 def solver_entry(cfg: DictConfig) -> dict[str, Any]:
@@ -192,23 +139,10 @@ def write_outputs(cfg: DictConfig, x: Tensor, nfes: list[int], seconds: float, p
             "png": out / "samples.png", "npz": out / "samples.npz", "rank": ctx.rank, "world_size": ctx.world_size}
 
 
-def load_any(path: Path | str, ema: bool, shape: Any = None) -> tuple[Preconditioned, scoresde.SDE, tuple[int, ...],
-                                                                       int, list[str]]:
-    """(model, SDE, sample shape, training step, class names) of a shipped model name, a pretrained file
-    (:mod:`scoresde.models.pretrained`) or a ``scoresde-train`` checkpoint."""
-    state = None if str(path) in PRETRAINED else load_checkpoint(path, map_location="cpu")
-    if state is None or state.get("format") == PRETRAINED_FORMAT:
-        pre = load_pretrained(path)
-        return (pre.model, pre.sde, event_shape({}, shape) if shape is not None else pre.shape,
-                int(pre.provenance.get("step", -1)), pre.class_names)
-    model, sde, train_cfg, state = load_model(Path(path), ema, state)
-    return model, sde, event_shape(train_cfg, shape), int(state.get("step", -1)), []
-
-
 def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Load, sample (sharded over the ranks under torchrun), write ``samples.png`` and ``samples.npz`` on
     rank 0; returns the paths, NFE, seconds and samples there (``{"rank", "world_size"}`` elsewhere)."""
-    path = cfg.ckpt if str(cfg.get("ckpt")) in PRETRAINED else resolve_checkpoint(cfg.get("ckpt"))
+    path = resolve_source(cfg.get("ckpt"))
     entry = solver_entry(cfg)
     scoresde.get_solver(entry["name"], **entry["options"])  # an unknown solver fails before any process group
     n = int(cfg.get("n", 64))
@@ -220,8 +154,8 @@ def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     try:
-        model, sde, shape, step, names = load_any(path, bool(cfg.get("ema", True)), cfg.get("shape"))
-        model.to(ctx.device)
+        loaded = load_model(path, bool(cfg.get("ema", True)), ctx.device, plain(cfg.get("shape")))
+        model, sde, shape, step, names = loaded.model, loaded.sde, loaded.shape, loaded.step, loaded.class_names
         tick = time.perf_counter()
         parts = draw_batches(cfg, ctx, model, sde, shape, entry, names)
         if ctx.device.type == "cuda":
@@ -236,10 +170,7 @@ def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     return write_outputs(cfg, x, nfes, seconds, path, step, entry, ctx)
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="sample")
-def main(cfg: DictConfig) -> None:
-    """Console entry point ``scoresde-sample`` (Hydra overrides on the command line)."""
-    sample_checkpoint(cfg)
+main = app_main("sample", sample_checkpoint, "sample")
 
 
 if __name__ == "__main__":

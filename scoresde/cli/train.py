@@ -1,7 +1,9 @@
 """``scoresde-train``: train a preconditioned score network (Hydra app, ``configs/train.yaml``).
 
-The only code that reads the training config and calls ``hydra.utils.instantiate`` (for the network,
-``model.net._target_``). The SDE (``configs/sde/``) and the loss (``configs/loss/``) are built by name with
+The network (``model.net``) is built from the allowlist of :mod:`scoresde.models.registry`: its ``_target_`` must
+name one of the project's registered networks, and the checkpoint stores it in registry form
+(``{"class": "UNet", "kwargs": {...}}``), so that loading a checkpoint never builds anything by a name it holds. The
+SDE (``configs/sde/``) and the loss (``configs/loss/``) are built by name with
 :func:`scoresde.get_sde` and :func:`scoresde.training.get_loss`; the data (``configs/data/``) is a 2-D toy
 (:func:`scoresde.data.make_toy`), the digits or Fashion-MNIST. Training itself is
 :class:`scoresde.training.Trainer`, writing tensorboard events to ``<run dir>/tb`` and checkpoints to
@@ -12,7 +14,8 @@ digits) trains on the data's labels, with ``label_dropout`` (classifier-free gui
 
 Bad configs fail before training starts with a :class:`ConfigError` that names the setting (lr, steps,
 batch size, unknown sde/loss/data/solver names, a network that cannot take the data's shape); the console
-app prints it as one line and exits with status 2.
+app prints it as one line and exits with status 2. One trainer per run directory: a second one on the same
+directory is refused (:class:`scoresde.training.run_lock.RunLock`).
 
 Resuming: run again in the same run directory with ``resume=true``, e.g.
 ``scoresde-train steps=2000 hydra.run.dir=runs/x resume=true``: the latest checkpoint there restores the
@@ -28,40 +31,28 @@ Presets: ``scoresde-train train=fashion_mnist`` (``configs/train/``).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
 import scoresde
-from scoresde.cli.common import CONFIG_DIR, named, output_dir, plain
-from scoresde.data import IMAGE_DATASETS, TOYS, load_image_dataset, make_toy
-from scoresde.distributed import DistContext, RankFailure, broadcast_object, init_distributed, resolve_device, shutdown
+from scoresde.cli.common import app_main, named, output_dir, plain, torch_threads
+from scoresde.data.from_config import load_data_config
+from scoresde.distributed import DistContext, broadcast_object, init_distributed, resolve_device, shutdown
+from scoresde.errors import ConfigError
 from scoresde.models import EMA, Preconditioned
+from scoresde.models.registry import build_network, network_spec, preconditioning_spec
 from scoresde.training import Trainer, get_loss
-
-IMAGE_DATA = tuple(IMAGE_DATASETS)
-
-
-class ConfigError(ValueError):
-    """A training config that cannot work, found before training starts."""
+from scoresde.training.run_lock import RunLock
 
 
 def load_labeled_data(node: Any, seed: int) -> tuple[Tensor, Tensor | None]:
-    """``(x, labels)`` of the ``data`` config: a toy (n, 2) with no labels, or images (N, 1, H, W) in [-1, 1]
-    with their class labels (N,)."""
-    cfg = named(node, "data")
-    name = cfg["name"]
-    if name in TOYS:
-        return make_toy(name, int(cfg.get("n", 20000)), torch.Generator().manual_seed(seed)), None
-    if name in IMAGE_DATASETS:
-        return load_image_dataset(name, cfg.get("split", "train"), cfg.get("root"))
-    raise ConfigError(f"unknown data {name!r}; choose a toy ({', '.join(TOYS)}) or one of {', '.join(IMAGE_DATA)}")
+    """``(x, labels)`` of the ``data`` config (:func:`scoresde.data.from_config.load_data_config`)."""
+    return load_data_config(named(node, "data"), seed)
 
 
 def load_data(node: Any, seed: int) -> Tensor:
@@ -69,20 +60,25 @@ def load_data(node: Any, seed: int) -> Tensor:
     return load_labeled_data(node, seed)[0]
 
 
-def build_model(node: Any) -> Preconditioned:
-    """``Preconditioned(instantiate(model.net, num_classes=model.num_classes), kind, sigma_data, c_noise,
-    normalize_input)``; ``num_classes`` is passed only when set."""
+def stored_model_config(node: Any) -> dict[str, Any]:
+    """The ``model`` config as the checkpoint stores it: ``net`` in registry form (``{"class", "kwargs"}``,
+    checked against the allowlist), the preconditioning values checked."""
     cfg = plain(node)
     if not isinstance(cfg, dict) or "net" not in cfg:
         raise ConfigError("the model config needs a net with a _target_, e.g. model=mlp from configs/model/")
+    return {**cfg, "net": network_spec(cfg["net"], "model.net"), **preconditioning_spec(cfg, "model")}
+
+
+def build_model(node: Any) -> Preconditioned:
+    """``Preconditioned(network, kind, sigma_data, c_noise, normalize_input)`` of a ``model`` config; the network
+    is one of the registered ones (:mod:`scoresde.models.registry`) with ``num_classes`` added when set."""
+    cfg = stored_model_config(node)
     extra = {"num_classes": int(cfg["num_classes"])} if cfg.get("num_classes") else {}
     try:
-        net = hydra.utils.instantiate(cfg["net"], **extra)
-    except Exception as e:  # hydra wraps an unknown _target_ or a bad argument in InstantiationException
-        target = cfg["net"].get("_target_") if isinstance(cfg["net"], dict) else None
-        raise ConfigError(f"cannot build model {cfg.get('name', '')!r} (net._target_={target!r}): {e}") from e
-    return Preconditioned(net, kind=cfg.get("kind", "edm"), sigma_data=float(cfg.get("sigma_data", 0.5)),
-                          c_noise=cfg.get("c_noise"), normalize_input=bool(cfg.get("normalize_input", False)))
+        net = build_network(cfg["net"], **extra)
+    except (TypeError, ValueError) as e:  # a constructor argument the network refuses
+        raise ConfigError(f"cannot build model {cfg.get('name', '')!r} ({cfg['net']['class']}): {e}") from e
+    return Preconditioned(net, **preconditioning_spec(cfg, "model"))
 
 
 def build_ema(node: Any, model: Preconditioned, batch_size: int) -> EMA:
@@ -148,8 +144,13 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
                 sample_solver=sample.get("solver", "heun"), sample_steps=sample.get("steps", 18),
                 sample_grid=sample.get("grid", "karras"), sample_options=plain(sample.get("options")),
                 n_samples=sample.get("n", 1000), seed=int(cfg.get("seed", 0)), bf16=bool(cfg.get("bf16", False)),
-                keep_checkpoints=cfg.get("keep_checkpoints", 0), config=plain(cfg),
+                keep_checkpoints=cfg.get("keep_checkpoints", 0), config=stored_config(cfg),
                 hflip=bool((plain(cfg.get("data")) or {}).get("hflip", False)))
+
+
+def stored_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as checkpoints store it: plain data, the network in registry form."""
+    return {**plain(cfg), "model": stored_model_config(cfg.get("model"))}
 
 
 def build_trainer(cfg: DictConfig, ctx: DistContext | None = None) -> Trainer:
@@ -190,45 +191,34 @@ def build_trainer(cfg: DictConfig, ctx: DistContext | None = None) -> Trainer:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build the trainer, resume when ``resume=true``, train to ``steps``; returns ``{"step", "loss", ...}``.
     Under torchrun (``WORLD_SIZE > 1``) it joins the process group first and leaves it at the end."""
-    threads = torch.get_num_threads()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     pick_device(cfg)  # a device that cannot be had is a config error, before joining any process group
-    ctx = init_distributed(cfg.get("device", "cpu"), float(cfg.get("dist_timeout_s") or 1800))
-    say = print if ctx.is_main else (lambda *a, **k: None)
-    try:
-        trainer = build_trainer(cfg, ctx)
-        resumed = trainer.resume() if cfg.get("resume") else None
-        if resumed is not None:
-            say(f"resumed from {resumed} at step {trainer.step}")
-        elif cfg.get("resume"):
-            say(f"resume=true but no checkpoint in {trainer.ckpt_dir}: starting from step 0")
+    with torch_threads(cfg.get("threads")):
+        ctx = init_distributed(cfg.get("device", "cpu"), float(cfg.get("dist_timeout_s") or 1800))
+        say = print if ctx.is_main else (lambda *a, **k: None)
+        lock = RunLock(output_dir(cfg))
         try:
-            result = trainer.train()
+            if ctx.is_main:  # rank 0 writes the run directory; a second trainer there is refused
+                lock.acquire()
+            trainer = build_trainer(cfg, ctx)
+            resumed = trainer.resume() if cfg.get("resume") else None
+            if resumed is not None:
+                say(f"resumed from {resumed} at step {trainer.step}")
+            elif cfg.get("resume"):
+                say(f"resume=true but no checkpoint in {trainer.ckpt_dir}: starting from step 0")
+            try:
+                result = trainer.train()
+            finally:
+                trainer.close()
         finally:
-            trainer.close()
-    finally:
-        torch.set_num_threads(threads)
-        shutdown(ctx)
+            lock.release()
+            shutdown(ctx)
     say(f"step {result['step']}: loss {result['loss']:.4f}; tensorboard: {trainer.log_dir}, "
         f"checkpoints: {trainer.ckpt_dir}")
     return {**result, "resumed_from": str(resumed) if resumed else None, "ckpt_dir": str(trainer.ckpt_dir),
             "log_dir": str(trainer.log_dir), "rank": ctx.rank, "world_size": ctx.world_size}
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
-    """Console entry point ``scoresde-train`` (Hydra overrides on the command line). A bad config prints one
-    line, ``scoresde-train: bad config: ...``, and exits with status 2; a failed rank under torchrun, one line
-    and status 1."""
-    try:
-        train(cfg)
-    except ConfigError as e:
-        print(f"scoresde-train: bad config: {e}", file=sys.stderr)
-        sys.exit(2)
-    except RankFailure as e:
-        print(f"scoresde-train: {e}", file=sys.stderr)
-        sys.exit(1)
+main = app_main("train", train, "train")
 
 
 if __name__ == "__main__":

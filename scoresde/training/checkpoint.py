@@ -19,6 +19,7 @@ or silently starting over (``verify=False`` skips the check and just returns the
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -31,11 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scoresde.errors import UserError
+
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 _PLAIN = (bool, int, float, str, type(None))
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be loaded; the message names the file."""
 
 
@@ -45,6 +48,54 @@ class UnsafeCheckpointError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
     """The file is truncated or corrupt (not a readable torch checkpoint)."""
+
+
+class IntegrityError(CorruptCheckpointError):
+    """The file reads, but its content does not match the sha256 digest stored in it."""
+
+
+INTEGRITY_KEY = "integrity"
+
+
+def _feed(h: Any, obj: Any, path: str) -> None:
+    """Hash ``obj`` under its key path: dict keys in sorted order, tensors as dtype, shape and raw bytes."""
+    h.update(f"\0{path}\0{type(obj).__name__}\0".encode())
+    if isinstance(obj, Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            _feed(h, obj[key], f"{path}/{key!s}")
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            _feed(h, value, f"{path}[{i}]")
+    else:
+        h.update(repr(obj).encode())
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """The sha256 (hex) of every tensor and value of ``state`` except its ``integrity`` entry."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != INTEGRITY_KEY}, "")
+    return h.hexdigest()
+
+
+def verify_integrity(state: dict[str, Any], path: str | Path) -> None:
+    """Raise :class:`IntegrityError` when ``state``'s stored digest does not match its content; warn when it has
+    none (a file written before digests existed)."""
+    stored = state.get(INTEGRITY_KEY)
+    if stored is None:
+        warnings.warn(f"checkpoint {path} has no integrity digest (written by an older version): it cannot be "
+                      "verified", UserWarning, stacklevel=3)
+        return
+    if not isinstance(stored, dict) or stored.get("algorithm") != "sha256" or not isinstance(stored.get("digest"), str):
+        raise IntegrityError(f"checkpoint {path} has a malformed integrity entry: {stored!r}")
+    actual = state_digest(state)
+    if actual != stored["digest"]:
+        raise IntegrityError(f"checkpoint {path} fails its integrity check: its content does not match the sha256 "
+                             f"digest stored in it (stored {stored['digest'][:12]}..., computed {actual[:12]}...); "
+                             "the file was modified or corrupted after it was written")
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -72,6 +123,12 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
                     "primitives (so that torch.load(weights_only=True) can read it)")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -86,17 +143,26 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+    """Write ``state`` with its sha256 digest (``integrity``) to ``path`` atomically (temporary file in the same
+    folder, fsync, ``os.replace``). A failed write (a full disk) leaves the previous file at ``path`` intact and
+    raises an OSError that names the file."""
     check_plain(state)
+    state = {**{k: v for k, v in state.items() if k != INTEGRITY_KEY},
+             INTEGRITY_KEY: {"algorithm": "sha256", "digest": state_digest(state)}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; a checkpoint gets the usual mode
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); the previous file there, "
+                      "if any, is intact") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -127,6 +193,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
                                      f"({type(e).__name__}: {_first_line(e)})") from e
     if not isinstance(state, dict):
         raise CorruptCheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+    verify_integrity(state, path)
     return state
 
 
@@ -181,6 +248,7 @@ def prune_checkpoints(directory: str | Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "CorruptCheckpointError",
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "CorruptCheckpointError", "IntegrityError", "state_digest",
+           "verify_integrity",
            "CHECKPOINT_PATTERN", "checkpoint_path", "check_plain", "save_checkpoint", "load_checkpoint",
            "list_checkpoints", "latest_checkpoint", "prune_checkpoints"]
