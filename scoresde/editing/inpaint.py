@@ -12,12 +12,22 @@ input exactly: the last merge is at σ = 0 (``denoise=True``) and the output is 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from scoresde.editing.stepping import broadcast_mask, merge, noise_source, noise_to, renoise, solve, sub_grid
+from scoresde.editing.stepping import (
+    broadcast_mask,
+    check_image,
+    merge,
+    noise_source,
+    noise_to,
+    renoise,
+    solve,
+    sub_grid,
+)
 from scoresde.models.score_model import ScoreModel
 from scoresde.solvers.base import Solver
 from scoresde.solvers.grids import make_grid
@@ -46,9 +56,13 @@ def repaint_schedule(steps: int, jump_length: int = 10, resamplings: int = 10) -
 def inpaint(model: ScoreModel, x0: Tensor, mask: Tensor, *, method: str = "replace", solver: str | Solver = "heun",
             steps: int = 50, grid: str = "karras", rho: float = 7.0, denoise: bool = True, jump_length: int = 5,
             resamplings: int = 5, seed: int | None = 0, generator: torch.Generator | None = None,
-            noise: NoiseSource | None = None, **solver_options: Any) -> Tensor:
+            noise: NoiseSource | None = None, shape: Sequence[int] | None = None,
+            data_range: tuple[float, float] | None = (-1.0, 1.0), **solver_options: Any) -> Tensor:
     """Fill the unknown pixels of ``x0`` (B, ...) where ``mask`` is False/0 (True/1 = known; shape of x0,
-    (1, ...) of one image, or (H, W)). Returns images shaped like x0 whose known pixels equal x0 exactly."""
+    (1, ...) of one image, or (H, W)). Returns images shaped like x0 whose known pixels equal x0 exactly.
+    ``shape`` (the model's sample shape, when known) and ``data_range`` (None: no check) are checked as in
+    :func:`scoresde.editing.sdedit`; a mask that fits neither raises a ValueError naming both shapes."""
+    check_image(x0, "inpaint: x0", shape=shape, data_range=data_range)
     if method not in METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; choose one of {', '.join(METHODS)}")
     mask = broadcast_mask(mask, x0)

@@ -8,12 +8,13 @@ model (:func:`scoresde.guidance.classifier_free_guidance`) to steer the edit tow
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from scoresde.editing.stepping import noise_source, noise_to, solve, start_grid
+from scoresde.editing.stepping import check_image, noise_source, noise_to, solve, start_grid
 from scoresde.models.score_model import ScoreModel
 from scoresde.solvers.base import Solver
 from scoresde.solvers.noise import NoiseSource
@@ -22,7 +23,8 @@ from scoresde.solvers.noise import NoiseSource
 def sdedit(model: ScoreModel, x: Tensor, strength: float | None = None, *, t_start: float | None = None,
            solver: str | Solver = "heun", steps: int = 18, grid: str = "karras", rho: float = 7.0,
            denoise: bool = True, seed: int | None = 0, generator: torch.Generator | None = None,
-           noise: NoiseSource | None = None, **solver_options: Any) -> Tensor:
+           noise: NoiseSource | None = None, shape: Sequence[int] | None = None,
+           data_range: tuple[float, float] | None = (-1.0, 1.0), **solver_options: Any) -> Tensor:
     """Edit images ``x`` (B, ...) in the model's data space ([-1, 1] for images).
 
     Args:
@@ -31,9 +33,14 @@ def sdedit(model: ScoreModel, x: Tensor, strength: float | None = None, *, t_sta
         t_start: instead of ``strength``, the SDE time t₀ to noise to; then ``steps`` intervals run from t₀.
         solver, steps, grid, rho, denoise, solver_options: the sampler, as in :func:`scoresde.sample`.
         seed / generator / noise: the randomness (sample i uses seed + i: batch-size independent).
+        shape: the model's sample shape (e.g. ``Pretrained.shape``); when given, ``x`` must be (B, *shape).
+        data_range: the range ``x`` must lie in (to 1e-3); None for data not scaled to [-1, 1] (2-D toys).
     Returns:
         The edited images, shaped like ``x``.
+    Raises:
+        ValueError: ``x`` of another shape or outside ``data_range``, or a bad ``strength``.
     """
+    check_image(x, "sdedit: x", shape=shape, data_range=data_range)
     g = start_grid(model.sde, steps, grid, strength=strength, t_start=t_start, denoise=denoise, rho=rho)
     if g is None:
         return x.clone()

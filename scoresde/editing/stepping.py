@@ -3,6 +3,7 @@ the pieces image editing builds from any registered solver without changing it."
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,6 +25,25 @@ def check_strength(strength: Any) -> float:
     if not (math.isfinite(value) and 0 <= value <= 1):
         raise ValueError(f"strength must be in [0, 1], got {strength!r}")
     return value
+
+
+def check_image(x: Tensor, name: str = "x", *, shape: Sequence[int] | None = None,
+                data_range: tuple[float, float] | None = (-1.0, 1.0), tol: float = 1e-3) -> None:
+    """Refuse an input an edit cannot mean: not a float batch (B, ...), not of the model's sample ``shape``
+    (when known), or with values outside ``data_range`` (by more than ``tol``; NaN included). The
+    ValueError names ``name``, what was expected and what was given."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+        got = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a floating-point batch (B, ...) of samples, got {got}")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, {', '.join(map(str, shape))}) "
+                         f"(the model's sample shape {tuple(shape)})")
+    if data_range is not None and x.numel():
+        lo, hi = data_range
+        x_min, x_max = float(x.min()), float(x.max())
+        if not (x_min >= lo - tol and x_max <= hi + tol):  # also False for NaN
+            raise ValueError(f"{name} must lie in the data range [{lo:g}, {hi:g}] (images scaled to [-1, 1]; "
+                             f"data_range=None skips this check), got values in [{x_min:.4g}, {x_max:.4g}]")
 
 
 def sub_grid(grid: TimeGrid, start: int, end: int | None = None) -> TimeGrid:
@@ -89,5 +109,5 @@ def broadcast_mask(mask: Tensor, x: Tensor) -> Tensor:
     return mask.expand_as(x)
 
 
-__all__ = ["broadcast_mask", "check_strength", "merge", "noise_source", "noise_to", "renoise", "solve",
+__all__ = ["broadcast_mask", "check_image", "check_strength", "merge", "noise_source", "noise_to", "renoise", "solve",
            "start_grid", "sub_grid"]

@@ -2,6 +2,9 @@
 Karras et al. 2022 appendix D.2 a half-life in images with a ramp-up)."""
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,15 +24,32 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float | None = None, half_life_kimg: float | None = None,
                  rampup_ratio: float | None = None, batch_size: int | None = None):
-        if decay is not None and half_life_kimg is not None:
-            raise ValueError("give one of decay and half_life_kimg, not both")
         if decay is None and half_life_kimg is None:
             decay = 0.9999
-        if half_life_kimg is not None and not batch_size:
-            raise ValueError("the half-life form needs batch_size")
-        self.decay, self.half_life_kimg, self.rampup_ratio, self.batch_size = decay, half_life_kimg, rampup_ratio, \
-            batch_size
+        self._set_options(decay, half_life_kimg, rampup_ratio, batch_size)
         self.shadow: dict[str, Tensor] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def _set_options(self, decay: float | None, half_life_kimg: float | None, rampup_ratio: float | None,
+                     batch_size: int | None) -> None:
+        """Check the options (a ValueError names the one that is wrong) and store them."""
+        if decay is not None and half_life_kimg is not None:
+            raise ValueError("give one of decay and half_life_kimg, not both")
+        if decay is not None:
+            decay = _number("decay", decay, "in [0, 1)", lambda v: 0 <= v < 1)
+        if half_life_kimg is not None:
+            half_life_kimg = _number("half_life_kimg", half_life_kimg, "> 0", lambda v: v > 0)
+            if batch_size is None:
+                raise ValueError("the half-life form (half_life_kimg) needs batch_size")
+        if rampup_ratio is not None:
+            if half_life_kimg is None:
+                raise ValueError(f"EMA rampup_ratio={rampup_ratio!r} needs the half-life form (half_life_kimg); "
+                                 "a constant decay has no ramp-up")
+            rampup_ratio = _number("rampup_ratio", rampup_ratio, "> 0", lambda v: v > 0)
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+                raise ValueError(f"EMA batch_size must be a positive integer, got {batch_size!r}")
+        self.decay, self.half_life_kimg, self.rampup_ratio = decay, half_life_kimg, rampup_ratio
+        self.batch_size = None if batch_size is None else int(batch_size)
 
     def beta(self, step: int | None = None) -> float:
         """The decay β used by the update after ``step`` previous optimizer steps."""
@@ -67,10 +87,20 @@ class EMA:
         missing = set(self.shadow) ^ set(state["shadow"])
         if missing:
             raise KeyError(f"EMA state does not match the model: {sorted(missing)[:5]}")
+        self._set_options(state["decay"], state["half_life_kimg"], state["rampup_ratio"], state["batch_size"])
         for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)
-        self.decay, self.half_life_kimg = state["decay"], state["half_life_kimg"]
-        self.rampup_ratio, self.batch_size = state["rampup_ratio"], state["batch_size"]
+
+
+def _number(name: str, value: Any, what: str, ok: Callable[[float], bool]) -> float:
+    """``value`` as a finite float satisfying ``ok``, or a ValueError naming ``name`` and the value."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, (bool, str)) or not math.isfinite(number) or not ok(number):
+        raise ValueError(f"EMA {name} must be a finite number {what}, got {value!r}")
+    return number
 
 
 __all__ = ["EMA"]

@@ -54,8 +54,17 @@ class GaussianMixture:
         return (self.means.to(x.device, x.dtype), self.stds.to(x.device, x.dtype),
                 self.weights.to(x.device, x.dtype))
 
+    def check_batch(self, x: Tensor, name: str = "x") -> None:
+        """Refuse a batch that is not (B, *event_shape), naming the expected and the given shape (every density,
+        score and denoiser goes through :meth:`log_components`, which calls this: one shape comparison)."""
+        if tuple(x.shape[1:]) != self.event_shape:
+            expected = ", ".join(["B", *map(str, self.event_shape)])
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected ({expected}): the {self.name} testbed's "
+                             f"samples have event shape {self.event_shape}")
+
     def log_components(self, x_hat: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """log(w_k N(x̂; μ_k, v_k I)) of shape (B, K), and the variances v_k = c_k² + σ² of shape (B, K)."""
+        self.check_batch(x_hat)
         means, stds, weights = self._params(x_hat)
         flat = x_hat.reshape(x_hat.shape[0], -1)
         var = stds[None, :] ** 2 + sigma[:, None] ** 2
