@@ -8,6 +8,7 @@
 * NFE is honest: one guided evaluation = one batched network call of 2B rows = two network passes.
 * A trained noise-aware classifier reaches the exact classifier's cross-entropy.
 * Bad input: non-finite scales, unknown classes, unconditional networks, weights that do not sum to one.
+* Randomness is injected: a filtered combination checks itself on a probe from its generator, never the global RNG.
 """
 from __future__ import annotations
 
@@ -182,3 +183,37 @@ def test_unknown_class_and_unconditional_network_are_refused():
 def test_branch_weights_must_sum_to_one():
     with pytest.raises(ValueError, match="sum to the identity"):
         compose(labelled_ring(), sd.get_sde("vp"), [Branch(0, 2.0), Branch(None, 0.5)])
+
+
+def test_filtered_compose_draws_its_check_from_the_generator_never_the_global_rng():
+    """The one-time check that filtered branches add up to the identity draws its probe from ``generator`` (or a
+    private seeded one): the global RNG state is untouched and the result does not depend on it."""
+    means = torch.rand(4, 64, generator=g(0), dtype=torch.float64) * 2 - 1
+    tb = LabelledMixture(GaussianMixture(means, 0.1, event_shape=(1, 8, 8)), [0, 0, 1, 1], 2)
+    sde, x, t = sd.get_sde("edm"), torch.randn(3, 1, 8, 8, generator=g(1), dtype=torch.float64), 0.7
+
+    def low(v):
+        return v.mean(dim=(-2, -1), keepdim=True).expand_as(v)
+
+    def high(v):
+        return v - low(v)
+
+    def run(global_seed, generator, weight=1.0):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        out = compose(tb, sde, [Branch(0, 1.0, filter=low), Branch(1, weight, filter=high)],
+                      generator=generator).score(x, t)
+        assert torch.equal(torch.get_rng_state(), before), "compose drew from the global RNG"
+        return out
+
+    first = run(0, g(5))
+    for seed, generator in [(1, g(5)), (2, g(6)), (3, None)]:
+        assert torch.equal(run(seed, generator), first)
+    cond0, cond1 = tb.score(x, t, sde, 0), tb.score(x, t, sde, 1)
+    expected = low(cond0) + high(cond1)
+    torch.testing.assert_close(first, expected)
+    used = g(5)
+    run(0, used)
+    assert not torch.equal(used.get_state(), g(5).get_state()), "the probe did not come from the generator"
+    with pytest.raises(ValueError, match="sum to the identity"):
+        run(0, g(5), weight=0.5)

@@ -14,6 +14,7 @@ run as one batched network call. Combining x₀, ε or score predictions gives t
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from scoresde.editing.filters import high_pass, low_pass
@@ -34,23 +35,27 @@ def _scaled(branches: list[Branch], factor: float) -> list[Branch]:
 
 
 def anagram_model(model: ConditionalModel, sde: SDE, label_a: Tensor | int, label_b: Tensor | int,
-                  view: str | View = "flip_ud", scale: float = 1.0, batched: bool = True) -> GuidedModel:
-    """A guided model whose samples read as ``label_a`` upright and as ``label_b`` through ``view``."""
+                  view: str | View = "flip_ud", scale: float = 1.0, batched: bool = True, *,
+                  generator: torch.Generator | None = None) -> GuidedModel:
+    """A guided model whose samples read as ``label_a`` upright and as ``label_b`` through ``view``
+    (``generator``: see :func:`~scoresde.guidance.compose`)."""
     v = get_view(view)
     if v is IDENTITY:
         raise ValueError("an anagram needs a view other than the identity (e.g. flip_ud, rot90, rot180)")
     branches = _condition(label_a, scale) + _condition(label_b, scale, view=v)
-    return compose(model, sde, _scaled(branches, 0.5), batched=batched)
+    return compose(model, sde, _scaled(branches, 0.5), batched=batched, generator=generator)
 
 
 def hybrid_model(model: ConditionalModel, sde: SDE, label_low: Tensor | int, label_high: Tensor | int,
-                 blur_sigma: float = 2.0, scale: float = 1.0, batched: bool = True) -> GuidedModel:
+                 blur_sigma: float = 2.0, scale: float = 1.0, batched: bool = True, *,
+                 generator: torch.Generator | None = None) -> GuidedModel:
     """A guided model whose samples show ``label_low`` in their low frequencies (blur of std ``blur_sigma``
-    pixels) and ``label_high`` in the rest."""
+    pixels) and ``label_high`` in the rest. Its first evaluation checks that the bands add up to the identity
+    on a probe image drawn from ``generator`` (None: a private generator seeded 0; never the global RNG)."""
     low, high = low_pass(blur_sigma), high_pass(blur_sigma)
-    low(Tensor(1, 1, 4, 4))  # validates blur_sigma now, not at the first solver step
+    low(torch.zeros(1, 1, 4, 4))  # validates blur_sigma now, not at the first solver step
     branches = _condition(label_low, scale, filter=low) + _condition(label_high, scale, filter=high)
-    return compose(model, sde, branches, batched=batched)
+    return compose(model, sde, branches, batched=batched, generator=generator)
 
 
 __all__ = ["anagram_model", "hybrid_model"]

@@ -131,21 +131,34 @@ def _check_partition(branches: Sequence[Branch], probe: Tensor) -> None:
                          f"got weights {[b.weight for b in branches]}")
 
 
-def compose(model: ConditionalModel, sde: SDE, branches: Sequence[Branch], batched: bool = True) -> GuidedModel:
+def _probe(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """A random (1, ...) sample shaped like one row of ``like``, drawn on the CPU from ``generator`` (a private
+    generator seeded 0 when None), never from the global RNG."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    z = torch.randn((1, *like.shape[1:]), generator=gen, dtype=torch.float64, device=gen.device)
+    return z.to(like.device, like.dtype)
+
+
+def compose(model: ConditionalModel, sde: SDE, branches: Sequence[Branch], batched: bool = True, *,
+            generator: torch.Generator | None = None) -> GuidedModel:
     """A guided :class:`ScoreModel`: every evaluation runs the branches (one ``J·B`` call when ``batched``)
-    and returns ``Σ_j F_j(w_j V_j⁻¹ pred_j)`` in the model's own prediction kind (see the module docstring)."""
+    and returns ``Σ_j F_j(w_j V_j⁻¹ pred_j)`` in the model's own prediction kind (see the module docstring).
+
+    With filters, the first evaluation checks ``Σ_j w_j F_j = I`` on a random probe image drawn from
+    ``generator`` (None: a private generator seeded 0), so the global RNG is never touched."""
     branches = list(branches)
     if not branches:
         raise ValueError("compose needs at least one branch")
     for b in branches:
         check_scale(b.weight, "branch weight")
-    if all(b.filter is None for b in branches):
+    filtered = any(b.filter is not None for b in branches)
+    if not filtered:  # scalar weights: the check is exact now; with filters it needs an image of x's shape
         _check_partition(branches, torch.ones(1, dtype=torch.float64))
-    checked: list[bool] = []
+    checked: list[bool] = [] if filtered else [True]
 
     def fn(x: Tensor, t: Tensor) -> Tensor:
         if not checked:
-            _check_partition(branches, torch.randn((1, *x.shape[1:]), dtype=x.dtype, device=x.device))
+            _check_partition(branches, _probe(x, generator))
             checked.append(True)
         b = x.shape[0]
         xs = [br.view.forward(x) for br in branches]
