@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from scoresde.data.toys import ring_means
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.base import SDE
 from scoresde.testbeds.mixture import GaussianMixture
@@ -115,9 +116,7 @@ class LabelledMixture:
 
 def labelled_ring(modes: int = 8, radius: float = 4.0, std: float = 0.5, num_classes: int = 2) -> LabelledMixture:
     """``modes`` isotropic Gaussians on a circle in 2-D, labelled ``k mod num_classes`` around the ring."""
-    angles = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
-    means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
-    mixture = GaussianMixture(means, std, name=f"labelled ring of {modes}")
+    mixture = GaussianMixture(ring_means(modes, radius), std, name=f"labelled ring of {modes}")
     return LabelledMixture(mixture, torch.arange(modes) % num_classes, num_classes)
 
 

@@ -1,11 +1,15 @@
 """Ready testbeds: an isotropic Gaussian, 2-D ring and grid mixtures, a high-dimensional mixture, and
-scikit-learn's 8×8 digits as a finite dataset (its ideal denoiser is the exact score of image data)."""
+scikit-learn's 8×8 digits as a finite dataset (its ideal denoiser is the exact score of image data).
+
+Testbeds build on :mod:`scoresde.data` (the digits, the ring's geometry), never the other way round."""
 from __future__ import annotations
 
 import math
 
 import torch
 
+from scoresde.data.datasets import load_digits
+from scoresde.data.toys import ring_means
 from scoresde.errors import UnknownNameError
 from scoresde.testbeds.mixture import GaussianMixture
 
@@ -19,8 +23,7 @@ def gaussian(dim: int = 2, mean: float = 0.0, std: float = 0.5) -> GaussianMixtu
 
 def ring(n: int = 8, radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
     """``n`` equal components on a circle of ``radius`` (the 2-D ring of score-model papers)."""
-    angle = torch.arange(n, dtype=torch.float64) * 2 * math.pi / n
-    return GaussianMixture(radius * torch.stack([angle.cos(), angle.sin()], 1), std, name="ring")
+    return GaussianMixture(ring_means(n, radius), std, name="ring")
 
 
 def grid(n: int = 5, spacing: float = 1.0, std: float = 0.05) -> GaussianMixture:
@@ -48,8 +51,6 @@ def dataset(points: torch.Tensor, name: str = "dataset") -> GaussianMixture:
 
 def digits(limit: int | None = None) -> GaussianMixture:
     """scikit-learn's 8×8 digits (1797 images, shipped with scikit-learn) scaled to [−1, 1], shape (1, 8, 8)."""
-    from scoresde.data import load_digits
-
     images, _ = load_digits()
     images = images[:limit] if limit is not None else images
     return dataset(images, name="digits")
