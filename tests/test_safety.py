@@ -335,3 +335,13 @@ def test_npz_payload_file_really_would_run(tmp_path):
     payloads(marker, tmp_path)
     np.load(tmp_path / "payload.npy", allow_pickle=True)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("name", ["os.system", "nested _target_", "sde argument"])
+def test_resume_refuses_a_payload(good_checkpoint, tmp_path, capsys, monkeypatch, name):
+    from scoresde.cli.train import main
+    _, marker, needle = hostile_checkpoint(good_checkpoint, tmp_path, name)
+    code, err = run_console(main, [f"out_dir={tmp_path}", "resume=true", *TRAIN, "steps=4"], capsys, monkeypatch,
+                            tmp_path)
+    assert_one_line_error(code, err, "train", needle)
+    assert not marker.exists() and len(list_checkpoints(tmp_path / "checkpoints")) == 1

@@ -147,5 +147,17 @@ def preconditioning_spec(node: Any, where: str = "model") -> dict[str, Any]:
     return {"kind": kind, "sigma_data": float(sigma_data), "c_noise": c_noise, "normalize_input": normalize}
 
 
-__all__ = ["NETWORKS", "UnsafeConfigError", "register_network", "network_builder", "network_spec", "build_network",
-           "sde_spec", "preconditioning_spec"]
+def check_stored_config(config: Any, where: str = "checkpoint config") -> None:
+    """Check the network and SDE descriptions a stored training config holds (what is there), so that a resumed
+    run refuses a checkpoint that no loader would take."""
+    if not isinstance(config, Mapping):
+        return
+    model = config.get("model")
+    if isinstance(model, Mapping) and "net" in model:
+        network_spec(model["net"], f"{where}.model.net")
+    if "sde" in config:
+        sde_spec(config["sde"], f"{where}.sde")
+
+
+__all__ = ["check_stored_config", "NETWORKS", "UnsafeConfigError", "register_network", "network_builder",
+           "network_spec", "build_network", "sde_spec", "preconditioning_spec"]

@@ -39,6 +39,7 @@ from scoresde.distributed import (
 )
 from scoresde.models.ema import EMA
 from scoresde.models.preconditioning import Preconditioned
+from scoresde.models.registry import check_stored_config
 from scoresde.models.score_model import ScoreModel
 from scoresde.sampling import sample
 from scoresde.sde.base import SDE
@@ -350,6 +351,7 @@ class Trainer:
         otherwise the data order continues exactly and the per-rank noise streams are reseeded (a warning)."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"unknown checkpoint format {state.get('format')!r} (expected {STATE_FORMAT})")
+        check_stored_config(state.get("config"))  # refuse a config no loader would take
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
