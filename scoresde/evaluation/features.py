@@ -76,14 +76,17 @@ def weights_path(dataset: str) -> Path:
 def load_classifier(dataset: str, device: torch.device | str = "cpu", path: str | Path | None = None
                     ) -> ClassifierCNN:
     """The trained classifier of ``dataset`` ("digits" or "fashion_mnist") in eval mode on ``device``, loaded
-    offline from the shipped weights (or from ``path``) with ``torch.load(weights_only=True)``."""
+    offline from the shipped weights (or from ``path``) with ``torch.load(weights_only=True)``, their sha256
+    digest verified (:func:`scoresde.training.checkpoint.load_checkpoint`)."""
+    from scoresde.training.checkpoint import INTEGRITY_KEY, load_checkpoint
     _check_dataset(dataset)
     path = Path(path) if path is not None else weights_path(dataset)
     if not path.is_file():
         raise FileNotFoundError(f"classifier weights {path} are missing; train them with `python -m "
                                 f"scoresde.evaluation.train_classifier --dataset {dataset} --out {path}`")
     model = ClassifierCNN(IMAGE_SIZES[dataset])
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state = load_checkpoint(path, map_location="cpu")
+    model.load_state_dict({k: v for k, v in state.items() if k != INTEGRITY_KEY})
     return model.to(device).eval().requires_grad_(False)
 
 

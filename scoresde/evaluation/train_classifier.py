@@ -24,6 +24,7 @@ from torch import Tensor
 from scoresde.data import load_digits, load_fashion_mnist
 from scoresde.errors import UnknownNameError
 from scoresde.evaluation.features import IMAGE_SIZES, ClassifierCNN, weights_path
+from scoresde.training.checkpoint import save_checkpoint
 
 DEFAULTS = {"digits": {"epochs": 40, "batch_size": 64, "lr": 2e-3},
             "fashion_mnist": {"epochs": 6, "batch_size": 128, "lr": 2e-3}}
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     acc = accuracy(model, x_test, y_test)
     out = args.out if args.out is not None else weights_path(args.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out)
+    save_checkpoint({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out)  # with its digest
     print(f"dataset={args.dataset} seed={args.seed} {cfg} train_time={elapsed:.1f}s "
           f"threads={torch.get_num_threads()} test_accuracy={acc:.4f} ({len(y_test)} images) "
           f"saved {out} ({out.stat().st_size} bytes)")
