@@ -16,37 +16,59 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 import scoresde
 from scoresde.bench import SweepSettings, dumps, markdown, plan_peers, plot_result, sweep_problem
+from scoresde.bench.metrics import METRICS
 from scoresde.bench.problems import Problem, dataset_sampler, network_problem, testbed_problem
-from scoresde.cli.common import CONFIG_DIR, named, output_dir, plain
-from scoresde.cli.compare import parse_entries
+from scoresde.cli.common import app_main, bool_option, float_option, int_option, one_line, plain, torch_threads
+from scoresde.cli.compare import (
+    budget_list,
+    common_settings,
+    make_out_dir,
+    make_sde,
+    make_testbed,
+    parse_entries,
+    with_option_overrides,
+)
 from scoresde.data.from_config import load_data_config
-from scoresde.distributed import DistContext, init_distributed, shutdown
+from scoresde.distributed import DistContext, init_distributed, resolve_device, shutdown
+from scoresde.errors import ConfigError, UnknownNameError, UserError
 from scoresde.models.loader import load_model
 
 PROBLEMS = ("testbed", "checkpoint")
 
 
 def settings_from(cfg: DictConfig) -> SweepSettings:
-    """The sweep's knobs from the config (validated by :class:`SweepSettings`)."""
+    """The sweep's knobs from the config, validated; every error names its key."""
     grids = plain(cfg.get("grids"))
-    return SweepSettings(tuple(plain(cfg.budgets)), tuple(grids) if grids else None, int(cfg.n_samples),
-                         int(cfg.seed), cfg.get("batch_size"), bool(cfg.denoise), float(cfg.rho), int(cfg.n_data),
-                         int(cfg.n_projections), dict(plain(cfg.reference)), tuple(plain(cfg.metrics)),
-                         bool(cfg.progress))
+    if grids is not None and (not isinstance(grids, list) or not grids
+                              or any(not isinstance(g, str) or g not in scoresde.GRIDS for g in grids)):
+        raise UnknownNameError(f"grids must be a non-empty list of known grids ({', '.join(scoresde.GRIDS)}) or "
+                               f"null, got grids={grids!r}")
+    metrics = plain(cfg.get("metrics"))
+    if not isinstance(metrics, list) or not metrics or any(m not in METRICS for m in metrics):
+        raise UnknownNameError(f"metrics must be a non-empty list of {', '.join(METRICS)}, got metrics={metrics!r}")
+    metric = str(cfg.get("metric", "auto"))
+    if metric not in ("auto", *METRICS):
+        raise UnknownNameError(f"metric must be auto or one of {', '.join(METRICS)}, got metric={metric!r}")
+    batch_size = None if cfg.get("batch_size") is None else int_option(cfg, "batch_size", minimum=1)
+    c = common_settings(cfg)
+    return SweepSettings(budget_list(cfg.get("budgets"), "budgets"), tuple(grids) if grids else None,
+                         int_option(cfg, "n_samples", minimum=2), c["seed"], batch_size, c["denoise"], c["rho"],
+                         c["n_data"], c["n_projections"], c["reference"], tuple(metrics), c["progress"])
 
 
 def sde_list(cfg: DictConfig) -> list[scoresde.SDE]:
     """``sdes`` (names or mappings) if given, else the ``sde`` group's choice."""
     names = plain(cfg.get("sdes"))
     if not names:
-        return [scoresde.get_sde(**named(cfg.get("sde"), "sde"))]
-    return [scoresde.get_sde(**(n if isinstance(n, dict) else {"name": str(n)})) for n in names]
+        return [make_sde(cfg.get("sde"))]
+    if not isinstance(names, list):
+        raise ConfigError(f"sdes must be a list of SDE names or mappings, got sdes={names!r}")
+    return [make_sde(n if isinstance(n, dict) else {"name": str(n)}, f"sdes[{i}]") for i, n in enumerate(names)]
 
 
 def checkpoint_data(train_cfg: dict[str, Any]) -> Any:
@@ -57,16 +79,26 @@ def checkpoint_data(train_cfg: dict[str, Any]) -> Any:
         return None
 
 
-def build_problems(cfg: DictConfig, device: torch.device) -> list[Problem]:
+def problem_kind(cfg: DictConfig) -> str:
     kind = str(cfg.get("problem", "testbed"))
     if kind not in PROBLEMS:
-        raise ValueError(f"problem must be one of {', '.join(PROBLEMS)}, got {kind!r}")
+        raise UnknownNameError(f"problem must be one of {', '.join(PROBLEMS)}, got problem={kind!r}")
+    if kind == "checkpoint" and plain(cfg.get("sdes")):
+        raise ConfigError("sdes= applies to testbeds; a checkpoint's SDE is the one it was trained with")
+    if kind == "checkpoint" and not cfg.get("ckpt"):
+        raise ConfigError("problem=checkpoint needs ckpt=<a checkpoint file, its folder or the run dir>")
+    return kind
+
+
+def build_problems(cfg: DictConfig, device: torch.device) -> list[Problem]:
+    kind = problem_kind(cfg)
     if kind == "testbed":
-        testbed = scoresde.get_testbed(**named(cfg.get("testbed"), "testbed"))
+        testbed = make_testbed(cfg.get("testbed"))
         return [testbed_problem(testbed, sde, device) for sde in sde_list(cfg)]
-    if plain(cfg.get("sdes")):
-        raise ValueError("sdes= applies to testbeds; a checkpoint's SDE is the one it was trained with")
-    loaded = load_model(cfg.get("ckpt"), bool(cfg.get("ema", True)))
+    try:
+        loaded = load_model(str(cfg.get("ckpt")), bool_option(cfg, "ema", True))
+    except (OSError, UserError) as err:
+        raise ConfigError(f"ckpt={cfg.get('ckpt')}: {one_line(err)}") from None
     train_cfg = loaded.training_config
     name = f"{(train_cfg.get('data') or {}).get('name', 'model')}@step{loaded.step}"
     return [network_problem(loaded.model, loaded.sde, loaded.shape, name, checkpoint_data(train_cfg), device)]
@@ -87,37 +119,46 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 def bench(cfg: DictConfig) -> dict[str, Any]:
     """Run the sweep the config describes; print the tables; write bench.json, bench.md and the figures."""
-    ctx = init_distributed(cfg.get("device", "auto"), float(cfg.get("dist_timeout_s") or 1800))
+    settings = settings_from(cfg)  # every config error is found before a process group is joined
     try:
-        return _bench(cfg, ctx)
-    finally:
-        shutdown(ctx)
+        resolve_device(cfg.get("device", "auto"))
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(str(err)) from None
+    timeout = float_option(cfg, "dist_timeout_s", 1800, minimum=0.0, open_below=True)
+    entries = parse_entries(cfg.get("solvers"), settings.budgets, cfg.get("options"))
+    for key in ("peers", "kdiffusion"):
+        methods = plain(cfg.get(key)) or []
+        if not isinstance(methods, list):
+            raise ConfigError(f"{key} must be a list of method names, got {key}={methods!r}")
+        try:
+            plan_peers(*((methods, []) if key == "peers" else ([], methods)), settings.budgets)
+        except ValueError as err:
+            raise UnknownNameError(f"{key}: {err}") from None
+    problem_kind(cfg)
+    bool_option(cfg, "ema", True)
+    with torch_threads(cfg.get("threads")):
+        ctx = init_distributed(cfg.get("device", "auto"), timeout)
+        try:
+            return _bench(cfg, ctx, settings, entries)
+        finally:
+            shutdown(ctx)
 
 
-def _bench(cfg: DictConfig, ctx: DistContext) -> dict[str, Any]:
+def _bench(cfg: DictConfig, ctx: DistContext, settings: SweepSettings, entries: list) -> dict[str, Any]:
     """:func:`bench` inside a (possibly single-process) process group: every rank sweeps with sharded sampling;
     rank 0 prints and writes."""
-    settings = settings_from(cfg)
     settings = replace(settings, dist=ctx, progress=settings.progress and ctx.is_main)
     device = ctx.device
-    entries = parse_entries(cfg.get("solvers"), settings.budgets)
     peers, notes = plan_peers(plain(cfg.get("peers")) or [], plain(cfg.get("kdiffusion")) or [], settings.budgets)
-    threads = torch.get_num_threads()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    out = make_out_dir(cfg) if ctx.is_main else None
     start = time.perf_counter()
-    try:
-        problems = build_problems(cfg, device)
-        results = [sweep_problem(p, entries, settings, peers) for p in problems]
-        info = machine(device)
-    finally:
-        torch.set_num_threads(threads)
+    problems = build_problems(cfg, device)
+    results = [sweep_problem(p, entries, settings, peers) for p in problems]
+    info = machine(device)
     info["seconds"] = time.perf_counter() - start
     info["world_size"] = ctx.world_size
-    if not ctx.is_main:
+    if out is None:
         return {"machine": info, "results": results}
-    out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     metric = str(cfg.get("metric", "auto"))
     table = markdown(results, metric, notes)
     figures = [str(plot_result(r, out / f"bench_{r['problem']}_{r['sde']}.png", metric)) for r in results]
@@ -129,10 +170,7 @@ def _bench(cfg: DictConfig, ctx: DistContext) -> dict[str, Any]:
     return payload
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="bench")
-def main(cfg: DictConfig) -> None:
-    """Console entry point ``scoresde-bench`` (Hydra overrides on the command line)."""
-    bench(cfg)
+main = with_option_overrides(app_main("bench", bench, "bench"))
 
 
 if __name__ == "__main__":

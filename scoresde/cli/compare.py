@@ -16,14 +16,15 @@ or the Hydra run directory.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -41,84 +42,179 @@ from scoresde.bench.planning import (  # noqa: F401  (re-exported: the names sco
     steps_for_budget,
     stream_seeds,
 )
-from scoresde.cli.common import CONFIG_DIR, generator, named, output_dir, plain
+from scoresde.cli.common import (
+    app_main,
+    bool_option,
+    float_option,
+    generator,
+    int_option,
+    named,
+    output_dir,
+    plain,
+    torch_threads,
+)
+from scoresde.errors import ConfigError, UnknownNameError
 from scoresde.evaluation import rmse, sliced_wasserstein
 
 FLOOR_DRAWS = 8
 ENTRY_KEYS = ("name", "grid", "options", "budgets", "tolerances")
 
 
-def _budgets(value: Any, what: str) -> tuple[int, ...]:
+def budget_list(value: Any, key: str) -> tuple[int, ...]:
+    """NFE budgets: a non-empty list of integers >= 1; a ConfigError naming ``key`` otherwise."""
     value = plain(value)
-    if not isinstance(value, list | tuple) or not value or not all(isinstance(b, int) and b >= 1 for b in value):
-        raise ValueError(f"{what} must be a non-empty list of positive integers (NFE budgets), got {value!r}")
+    if not isinstance(value, list | tuple) or not value \
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in value):
+        raise ConfigError(f"{key} must be a non-empty list of integers >= 1 (NFE budgets), got {key}={value!r}")
     return tuple(value)
 
 
-def parse_entries(node: Any, default_budgets: tuple[int, ...]) -> list[Entry]:
-    """The ``solvers`` config (a mapping label → entry, or a list of entries) as :class:`Entry` objects."""
-    node = plain(node)
+def solver_signature(name: str) -> str:
+    """The options the registered solver ``name`` takes, as ``a=default, b=default`` (its constructor's signature)."""
+    params = inspect.signature(scoresde.SOLVERS[name]).parameters.values()
+    shown = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in params
+             if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    return ", ".join(shown) or "no options"
+
+
+def check_entry(entry: Entry, key: str) -> None:
+    """Build the entry's solver once, so that an unknown name, an option it does not take or a bad value is a
+    ConfigError naming ``key`` (and, for options, listing the solver's own) before any work starts."""
+    try:
+        scoresde.get_solver(entry.name, **entry.options)
+    except TypeError as err:
+        raise ConfigError(f"{key}.options: {err}; solver {entry.name!r} takes: {solver_signature(entry.name)}") \
+            from None
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{key}.name: {err}") from None
+    except ValueError as err:
+        raise ConfigError(f"{key}.options: {err}") from None
+    try:
+        scoresde.make_grid(scoresde.VPSDE(), 2, entry.grid)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{key}.grid: {err}") from None
+
+
+def parse_entries(node: Any, default_budgets: tuple[int, ...], options: Any = None) -> list[Entry]:
+    """The ``solvers`` config (a mapping label → entry, or a list of entries) as :class:`Entry` objects, each
+    checked by building its solver; ``options`` (the top-level ``options``) are merged into every entry's."""
+    node, options = plain(node), plain(options) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"options must be a mapping of solver options (options.X=...), got options={options!r}")
     if isinstance(node, dict):
         items = list(node.items())
     elif isinstance(node, list):
         items = [(e.get("name") if isinstance(e, dict) else None, e) for e in node]
     else:
-        raise ValueError("no solvers chosen: select some with solver=[heun,ode] or give solvers entries")
+        raise ConfigError("no solvers chosen: select some with solver=[heun,ode] or give solvers entries")
+    if not items:
+        raise ConfigError("no solvers chosen: select some with solver=[heun,ode] or give solvers entries")
     entries, seen = [], set()
     for label, e in items:
         if not isinstance(e, dict) or "name" not in e:
-            raise ValueError(f"solvers entry {label!r} must be a mapping with at least a name, got {e!r}")
+            raise ConfigError(f"solvers entry {label!r} must be a mapping with at least a name, got {e!r}")
         unknown = set(e) - set(ENTRY_KEYS)
         if unknown:
-            raise ValueError(f"solvers entry {label!r}: unknown keys {sorted(unknown)}; "
-                             f"allowed: {', '.join(ENTRY_KEYS)}")
+            raise ConfigError(f"solvers.{label}: unknown keys {sorted(unknown)}; allowed: {', '.join(ENTRY_KEYS)}")
         label = base = str(label)
         k = 2
         while label in seen:
             label, k = f"{base}#{k}", k + 1
         seen.add(label)
         tols = e.get("tolerances")
-        if tols is not None and (not tols or not all(isinstance(t, int | float) and t > 0 for t in tols)):
-            raise ValueError(f"solvers entry {label!r}: tolerances must be a non-empty list of positive numbers")
-        budgets = _budgets(e["budgets"], f"solvers.{label}.budgets") if e.get("budgets") is not None \
+        if tols is not None and (not isinstance(tols, list) or not tols or not all(
+                isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in tols)):
+            raise ConfigError(f"solvers.{label}.tolerances must be a non-empty list of positive numbers, got {tols!r}")
+        budgets = budget_list(e["budgets"], f"solvers.{label}.budgets") if e.get("budgets") is not None \
             else default_budgets
-        entries.append(Entry(label, str(e["name"]), str(e.get("grid") or "uniform"), dict(e.get("options") or {}),
-                             budgets, tuple(float(t) for t in tols) if tols is not None else None))
+        entry_options = e.get("options") or {}
+        if not isinstance(entry_options, dict):
+            raise ConfigError(f"solvers.{label}.options must be a mapping, got {entry_options!r}")
+        entry = Entry(label, str(e["name"]), str(e.get("grid") or "uniform"), {**entry_options, **options},
+                      budgets, tuple(float(t) for t in tols) if tols is not None else None)
+        check_entry(entry, f"solvers.{label}")
+        entries.append(entry)
     return entries
+
+
+def reference_options(cfg: DictConfig) -> dict[str, Any]:
+    """``reference``: the float64 reference ODE's method and (positive) tolerances."""
+    ref = {"method": "dopri5", "rtol": 1e-7, "atol": 1e-7, **(plain(cfg.get("reference")) or {})}
+    unknown = set(ref) - {"method", "rtol", "atol"}
+    if unknown:
+        raise ConfigError(f"reference: unknown keys {sorted(unknown)}; allowed: method, rtol, atol")
+    for key in ("rtol", "atol"):
+        ref[key] = float_option({"reference": ref}, f"reference.{key}", minimum=0.0, open_below=True)
+    try:
+        scoresde.get_solver("ode", method=str(ref["method"]))
+    except ValueError as err:
+        raise ConfigError(f"reference.method: {err}") from None
+    return ref
+
+
+def common_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The knobs both benchmark apps share, validated, each error naming its key."""
+    rho = float_option(cfg, "rho", 7.0, minimum=0.0, open_below=True)
+    return {"seed": int_option(cfg, "seed", 0, minimum=0), "denoise": bool_option(cfg, "denoise", True),
+            "rho": rho, "n_data": int_option(cfg, "n_data", minimum=1),
+            "n_projections": int_option(cfg, "n_projections", minimum=1),
+            "reference": reference_options(cfg), "progress": bool_option(cfg, "progress", True)}
+
+
+def make_sde(node: Any, key: str = "sde") -> scoresde.SDE:
+    """An SDE from its config mapping; a wrong parameter is a ConfigError naming ``key``."""
+    spec = named(node, key) if key == "sde" else node
+    try:
+        return scoresde.get_sde(**spec)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{key}.name: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def make_testbed(node: Any) -> scoresde.GaussianMixture:
+    """The testbed of the ``testbed`` config; a wrong parameter is a ConfigError naming the key."""
+    spec = named(node, "testbed")
+    try:
+        return scoresde.get_testbed(**spec)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"testbed.name: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"testbed: {err}") from None
+
+
+def make_out_dir(cfg: DictConfig) -> Path:
+    """The output directory, created now (before any work), or a ConfigError naming ``out_dir``."""
+    out = output_dir(cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"out_dir: cannot create {out}: {err.strerror or err}") from None
+    return out
 
 
 def settings_from_cfg(cfg: DictConfig) -> Settings:
     """The run-wide knobs of ``compare.yaml``, validated."""
     noise = str(cfg.get("noise", "generator"))
     if noise not in NOISE_MODES:
-        raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
-    for key in ("batch", "n_data", "n_projections"):
-        if not isinstance(cfg.get(key), int) or cfg.get(key) < 1:
-            raise ValueError(f"{key} must be a positive integer, got {cfg.get(key)!r}")
-    reference = {"method": "dopri5", "rtol": 1e-7, "atol": 1e-7, **(plain(cfg.get("reference")) or {})}
-    return Settings(_budgets(cfg.get("budgets"), "budgets"), cfg.batch, int(cfg.get("seed", 0)), noise,
-                    bool(cfg.get("denoise", True)), float(cfg.get("rho", 7.0)), cfg.n_data, cfg.n_projections,
-                    reference, bool(cfg.get("progress", True)))
+        raise ConfigError(f"noise must be one of {', '.join(NOISE_MODES)}, got noise={noise!r}")
+    c = common_settings(cfg)
+    return Settings(budget_list(cfg.get("budgets"), "budgets"), int_option(cfg, "batch", minimum=2), c["seed"],
+                    noise, c["denoise"], c["rho"], c["n_data"], c["n_projections"], c["reference"], c["progress"])
 
 
 def compare(cfg: DictConfig) -> dict[str, Any]:
     """Run the comparison the config describes; print the table, write results.json and compare.png."""
     settings = settings_from_cfg(cfg)
-    sde = scoresde.get_sde(**named(cfg.get("sde"), "sde"))
-    testbed = scoresde.get_testbed(**named(cfg.get("testbed"), "testbed"))
-    entries = parse_entries(cfg.get("solvers"), settings.budgets)
-    runs = [run for entry in entries for run in plan_runs(entry, sde, settings)]
-    out = output_dir(cfg)
-    threads = torch.get_num_threads()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    try:
+    sde = make_sde(cfg.get("sde"))
+    testbed = make_testbed(cfg.get("testbed"))
+    entries = parse_entries(cfg.get("solvers"), settings.budgets, cfg.get("options"))
+    with torch_threads(cfg.get("threads")):
+        runs = [run for entry in entries for run in plan_runs(entry, sde, settings)]
+        out = make_out_dir(cfg)
         results = _measure(runs, testbed, sde, settings)
-    finally:
-        torch.set_num_threads(threads)
     results["config"] = plain(cfg)
     print(format_table(results))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2, allow_nan=False))
     plot(results, out / "compare.png")
     print(f"wrote {out / 'results.json'} and {out / 'compare.png'}")
@@ -231,10 +327,31 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="compare")
-def main(cfg: DictConfig) -> None:
-    """Console entry point ``scoresde-compare`` (Hydra overrides on the command line)."""
-    compare(cfg)
+def solver_option_overrides(args: list[str]) -> list[str]:
+    """Command-line overrides with ``options.X=v`` and ``solvers.<label>.options.X=v`` turned into Hydra's
+    add-or-override form ``++...``, so that a solver option the config does not list works without a ``+``
+    (the solver itself then refuses an option it does not take, listing its own)."""
+    out = []
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        parts = key.split(".")
+        if "=" in arg and not key.startswith(("+", "~")) and len(parts) >= 2 and (
+                parts[0] == "options" or (len(parts) >= 4 and parts[0] == "solvers" and parts[2] == "options")):
+            arg = "++" + arg
+        out.append(arg)
+    return out
+
+
+def with_option_overrides(console: Callable[[], None]) -> Callable[[], None]:
+    """``console`` run with :func:`solver_option_overrides` applied to ``sys.argv``."""
+    def main() -> None:
+        sys.argv = [sys.argv[0], *solver_option_overrides(sys.argv[1:])]
+        console()
+    main.__doc__ = console.__doc__
+    return main
+
+
+main = with_option_overrides(app_main("compare", compare, "compare"))
 
 
 if __name__ == "__main__":
