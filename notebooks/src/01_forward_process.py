@@ -130,12 +130,13 @@ print(f"\nlargest KS statistic: {worst_ks:.4f} (the 1% critical value for n = 10
       f"largest relative variance error: {worst_var:.3f}")
 
 # %% [markdown]
-# The KS statistics sit below the 1% critical value `1.63/√n`, the means differ from the exact ones by a couple
-# of standard errors at most (column `z`; the four times share the same paths, so their errors are
-# correlated) and the variances agree within a few percent (the Monte Carlo error of 10000 paths is about
-# `√(2/10000) ≈ 1.4%`): the closed-form kernel is exactly the
-# distribution of the simulated SDE, so training never needs to simulate the forward process — it draws
-# `x_t = s·x_0 + std·ε` in one line (`sde.perturb`).
+# The KS statistics sit below the 1% critical value `1.63/√n` of a single test (twelve tests share these
+# paths, so the checks at the end hold them to the family-wise 1% level, `1.97/√n`), the means differ from
+# the exact ones by a couple of standard errors at most (column `z`; the four times share the same paths, so
+# their errors are correlated) and the variances agree within a few percent (the Monte Carlo error of 10000
+# paths is about `√(2/10000) ≈ 1.4%`): the closed-form kernel is exactly the distribution of the simulated
+# SDE, so training never needs to simulate the forward process — it draws `x_t = s·x_0 + std·ε` in one line
+# (`sde.perturb`).
 #
 # ## 1.3 Perturbing an image
 #
@@ -221,3 +222,26 @@ print("KL(q(x_T|x0) || prior) averaged over the digits: " + ", ".join(f"{n} {v:.
 # * At `t = T` almost nothing of the image is left: the gap between `p_T` and the prior is a tiny, computable
 #   KL (about 10⁻³ nats per image for VP and sub-VP, whose `s(T) = 0.0066`; about 10⁻² for VE, whose
 #   `σ_max = 50` is only 50 times the data scale).
+
+# %% [markdown]
+# ## Checks
+#
+# The claims above as assertions, so the notebook fails (in `tests/test_notebooks.py`) when a number stops
+# saying what the text says. The twelve KS tests and mean z-scores share a family-wise 1% level (Bonferroni).
+
+# %%
+VP, SUBVP, VE = SDES["VP"], SDES["sub-VP"], SDES["VE"]
+n_tests = len(rows)
+assert min(r[8] for r in rows) > 0.01 / n_tests, "a KS test rejects the closed-form marginal"
+assert worst_ks < math.sqrt(-0.5 * math.log(0.01 / n_tests / 2)) / math.sqrt(10000), worst_ks
+assert max(abs(r[4]) for r in rows) < stats.norm.ppf(1 - 0.01 / n_tests / 2), "a simulated mean is off"
+assert worst_var < 4 * math.sqrt(2 / 10000), f"variance off by {worst_var:.3f}: more than Monte Carlo error"
+assert bool((SUBVP.std(t) <= VP.std(t) + 1e-12).all()), "sub-VP must add no more noise than VP"
+assert torch.allclose(VP.s(t) ** 2 + VP.std(t) ** 2, torch.ones_like(t)), "VP keeps unit total variance"
+assert bool((VE.s(t) == 1).all()) and abs(VE.std(T).item() - 50) < 0.5, "VE keeps the signal, σ_max = 50"
+assert abs(VP.s(T).item() - 0.0066) < 5e-5 and abs(SUBVP.s(T).item() - 0.0066) < 5e-5, VP.s(T)
+for name, c in corr.items():
+    assert all(a > b for a, b in zip(c, c[1:])), f"{name}: signal should fade as t grows: {c}"
+    assert c[-1] < 0.1, f"{name}: at t = T almost nothing of the image should be left, correlation {c[-1]:.3f}"
+assert 3e-4 < kl["VP"] < 3e-3 and 3e-4 < kl["sub-VP"] < 3e-3, kl  # "about 1e-3 nats per image"
+assert 3e-3 < kl["VE"] < 3e-2, kl  # "about 1e-2 for VE"

@@ -251,3 +251,25 @@ print(f"probability-flow ODE, Euler vs dopri5: RMS error {ode_err[0]:.3f} → {o
 #   the worst); at a few hundred steps all three samplers give mode widths near the exact 0.1 and `SW₂` values
 #   of the size of the Monte Carlo noise. `SW₂` on 2000 points is a blunt instrument: the mode width, a
 #   statistic aimed at what coarse steps get wrong, sees far more.
+
+# %% [markdown]
+# ## Checks
+#
+# The claims above as assertions, so the notebook fails (in `tests/test_notebooks.py`) when a number stops
+# saying what the text says.
+
+# %%
+assert abs(betas[0].item() - 1e-4) < 1e-12 and abs(betas[-1].item() - 0.02) < 1e-12, "Ho et al.'s β_1, β_N"
+assert abs(slope_ab + 1) < 0.1, f"ᾱ_i − s(t_i)² should shrink like 1/N, fitted N^{slope_ab:.2f}"
+assert chain_vs_library < 1e-10, f"Ho's Algorithm 2 and the ancestral solver differ by {chain_vs_library:.1e}"
+assert abs(slope_gap + 1) < 0.2, f"ancestral vs EM with the same noise: rate N^{slope_gap:.2f}, expected N^-1"
+assert abs(slope_ode + 1) < 0.15, f"Euler on the ODE: rate N^{slope_ode:.2f}, expected N^-1"
+assert all(a > b for a, b in zip(gap, gap[1:])) and all(a > b for a, b in zip(ode_err, ode_err[1:])), "not converging"
+assert abs(width_exact - 0.1) < 0.005, f"exact mode width {width_exact:.4f}, the ring's std is 0.1"
+coarse = {k: abs(v[0] - width_exact) for k, v in width.items()}
+assert min(coarse.values()) > 0.05, f"10 steps should distort the modes: {coarse}"
+assert max(coarse, key=coarse.get) == "euler_maruyama", f"Euler–Maruyama should be the worst at 10 steps: {coarse}"
+for k in SAMPLERS:
+    fine = [abs(w - width_exact) for s, w in zip(STEPS, width[k]) if s >= 200]
+    assert max(fine) < 0.01, f"{k}: mode width far from the exact one at a few hundred steps: {fine}"
+    assert sw[k][-1] < floor + 3 * floor_sd, f"{k}: SW₂ {sw[k][-1]:.3f} above the Monte Carlo noise"

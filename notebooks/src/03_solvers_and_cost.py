@@ -101,7 +101,7 @@ print(f"at 80 NFE Euler's error is {ratio_dpm:.1f}× DPM-Solver++(2M)'s and {rat
 # 5–10 NFE no method is accurate, and Heun, which spends two evaluations per step, can be the worst. dopri5 pays
 # a few dozen NFE even at loose tolerance (each of its steps costs 6 evaluations, plus rejected steps), which is
 # why diffusion samplers use low-order multistep or Heun methods at small budgets. With an exact, smooth score
-# and a budget of a hundred NFE or more, though, dopri5's high order wins by orders of magnitude. (Euler and
+# and a budget of 150 NFE or more, though, dopri5's high order wins by one to three orders of magnitude. (Euler and
 # DDIM coincide: DDIM with η = 0 is Euler's step in σ on `x/s`, written differently.)
 #
 # ## 3.2 The time grid
@@ -195,8 +195,54 @@ print(f"at 80 NFE, Euler's error / DPM-Solver++(2M)'s: {ratio_dpm:.1f}; / Heun's
 # %% [markdown]
 # * Measured slopes match the declared orders: first order for Euler and DDIM, second order for Heun and
 #   DPM-Solver++(2M) (a slope is only meaningful in the asymptotic range, hence the fit over the last points).
-# * At a fixed NFE budget the grid can matter as much as the solver: DPM-Solver++ at 10 steps gains an order of
-#   magnitude going from the uniform-in-t grid to the log-SNR grid. On this problem (t_min = 10⁻³, a sharp
+# * At a fixed NFE budget the grid can matter as much as the solver: DPM-Solver++ at 10 steps gains about an
+#   order of magnitude going from the uniform-in-t grid to the log-SNR grid. On this problem (t_min = 10⁻³, a sharp
 #   2-D mixture) a larger ρ than Karras's 7 keeps helping at 10 steps; ρ → ∞ approaches the log-SNR grid.
 # * Adaptive dopri5 reaches any accuracy you ask for, but its cost floor is high for the loose accuracies
 #   sampling needs: compare its NFE at tol 10⁻² with DPM-Solver++'s at a similar error.
+
+# %% [markdown]
+# ## Checks
+#
+# The claims above as assertions, so the notebook fails (in `tests/test_notebooks.py`) when a number stops
+# saying what the text says.
+
+# %%
+err = {name: np.array([r[0] for r in results[name]]) for name in FIXED}
+for name in FIXED:
+    declared = sd.get_solver(name).order
+    assert abs(orders[name] - declared) < 0.25, f"{name}: fitted slope {orders[name]:.2f}, declared {declared:g}"
+assert np.allclose(err["euler"], err["ddim"], rtol=1e-6, atol=0), "DDIM (η = 0) should be Euler's step"
+# the second-order methods pull away from Euler at equal NFE, more with every doubling (from 20 NFE on)
+i20 = STEPS.index(20)
+vs_dpm = err["euler"][i20:] / err["dpmpp_2m"][i20:]
+vs_heun = err["euler"][i20 + 1:] / err["heun"][i20:-1]  # Heun at n steps costs 2n NFE
+assert (vs_dpm > 1).all() and (np.diff(vs_dpm) > 0).all(), f"Euler / DPM-Solver++ at equal NFE: {vs_dpm}"
+assert (vs_heun > 1).all() and (np.diff(vs_heun) > 0).all(), f"Euler / Heun at equal NFE: {vs_heun}"
+assert ratio_dpm > 1 and ratio_heun > 1, (ratio_dpm, ratio_heun)
+few = [r for name in FIXED for r in results[name] if r[1] <= 10]
+assert min(r[0] for r in few) > 0.1, "at 5–10 NFE no method should be accurate"
+assert max(FIXED, key=lambda n: results[n][0][0]) == "heun", "Heun (two NFE a step) is the worst at 5 steps"
+# dopri5: any accuracy at a price; a few dozen NFE even at loose tolerance; at 150+ NFE it wins by 10× or more
+ad_err, ad_nfe = np.array([r[0] for r in adaptive]), np.array([r[1] for r in adaptive])
+assert (np.diff(ad_nfe) > 0).all() and ad_err[-1] < 1e-6, (ad_err, ad_nfe)
+assert ad_nfe[0] >= 24, f"dopri5 at tol 1e-2 took only {ad_nfe[0]} NFE"
+for e, nfe in zip(ad_err, ad_nfe):
+    best_fixed = min(r[0] for name in FIXED for r in results[name] if r[1] <= nfe)
+    assert nfe < 150 or 10 * e < best_fixed, f"dopri5 at {nfe} NFE: {e:.1e} vs fixed-step {best_fixed:.1e}"
+# grids
+sig_u, sig_k = np.array(t_uniform.sigma_list), np.array(t_karras.sigma_list)
+assert 1e4 < sig_u[0] / sig_u[-1] < 1e5, "σ(t) of the VP SDE spans four orders of magnitude"
+assert abs(sig_u[-2] - 0.34) < 0.01 and (sig_u < 0.34).sum() == 1, sig_u
+assert (sig_k < 0.34).sum() == 3, f"the Karras grid should take three steps below σ = 0.34: {sig_k}"
+for i in range(len(GRID_STEPS)):
+    best = min(GRIDS, key=lambda gr: grid_err[("dpmpp_2m", gr)][i])
+    assert best == "logsnr", f"log-SNR should be DPM-Solver++'s best grid at {GRID_STEPS[i]} steps, got {best}"
+gain = grid_err[("dpmpp_2m", "uniform")][i10] / grid_err[("dpmpp_2m", "logsnr")][i10]
+assert gain > 5, f"uniform → log-SNR at 10 steps gains only {gain:.1f}× for DPM-Solver++"
+for name, errs in rho_err.items():
+    tail = errs[RHOS.index(7):]
+    assert all(a > b for a, b in zip(tail, tail[1:])), f"{name}: ρ > 7 should keep helping at 10 steps: {tail}"
+    assert RHOS[int(np.argmin(errs))] > 7
+    logsnr = grid_err[(name, "logsnr")][i10]
+    assert abs(errs[-1] / logsnr - 1) < 0.25, f"{name}: ρ = 50 should approach the log-SNR grid"

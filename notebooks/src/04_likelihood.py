@@ -163,3 +163,25 @@ print(f"t_min → 0: log p_tmin {tmin_rows[0][1]:.3f} (t_min = 0.1) → {tmin_ro
 #   cheaper than the exact trace by the factor printed above (the exact trace needs one backward pass per
 #   dimension, so the factor grows with D), at the price of a noisy per-point estimate.
 # * The number reported is `log p_{t_min}`; as `t_min → 0` it approaches `log p_0` (compare the table).
+
+# %% [markdown]
+# ## Checks
+#
+# The claims above as assertions, so the notebook fails (in `tests/test_notebooks.py`) when a number stops
+# saying what the text says.
+
+# %%
+assert rows2d[0]["mae"] < 1e-3, f"2-D, exact divergence: {rows2d[0]['mae']:.1e} nats off the closed form"
+assert rows64[0]["mae"] < 2e-2, f"64-D, exact divergence: {rows64[0]['mae']:.1e} nats off the closed form"
+hut_slope = np.polyfit(np.log(probes), np.log(mae), 1)[0]
+assert -0.8 < hut_slope < -0.3, f"Hutchinson's error should fall like 1/√probes, fitted probes^{hut_slope:.2f}"
+for r in rows2d[2:4]:
+    assert abs(r["bias"]) < 3 * r["se_of_bias"], f"{r['label']}: bias {r['bias']:.3f} ± {r['se_of_bias']:.3f}"
+assert rows2d[4]["se"] > rows2d[2]["se"], "Rademacher probes should have a smaller variance than Gaussian ones"
+assert rows64[1]["nfe"] <= 1.2 * rows64[0]["nfe"] and speedup > 1, f"one probe {speedup:.1f}× faster"
+assert abs(bits_per_dim(rows2d[0]["ll"], 2, scale=1.0).mean() - bits_per_dim(exact, 2, scale=1.0).mean()) < 1e-3
+assert abs(bits_per_dim(ll_8bit, 3072).item() - (3000 / (3072 * math.log(2)) + 7)) < 1e-6, "bits/dim formula"
+for tm, ex_t, ode_t, _ in tmin_rows:
+    assert abs(ode_t - ex_t) < 1e-3, f"t_min = {tm:g}: ODE {ode_t:.4f} vs closed form {ex_t:.4f}"
+gaps = [abs(ex_t - log_p0) for _, ex_t, _, _ in tmin_rows]
+assert all(a > b for a, b in zip(gaps, gaps[1:])) and gaps[-1] < 0.01, f"log p_tmin should approach log p_0: {gaps}"

@@ -235,3 +235,28 @@ print(f"digits: {digits_trainer.step} EDM steps in {train_seconds_digits:.0f} s;
 # * The tiny U-Net's digits sit between noise and real images in Fréchet distance after this short run; a longer
 #   run (`scoresde-train data=digits model=tiny_unet steps=5000`) is the way to close the gap — this notebook
 #   does not measure how far.
+
+# %% [markdown]
+# ## Checks
+#
+# The claims above as assertions, so the notebook fails (in `tests/test_notebooks.py`) when a number stops
+# saying what the text says.
+
+# %%
+SMALL, LARGE = [t for t in TIMES if t <= 0.1], [t for t in TIMES if t >= 0.3]
+for label, errs in score_err.items():  # learned well at large t, worst at small t
+    assert max(errs[t] for t in LARGE) < min(errs[t] for t in SMALL), f"{label}: {errs}"
+assert all(score_err["EDM"][t] < score_err["DSM-eps"][t] for t in SMALL), "EDM should learn small t better"
+# ... and that shows in the samples: the EDM model's ranges lie below the ε-model's, the exact model's below both
+assert summary_2d["EDM"][1] < summary_2d["DSM-eps"][0] and summary_2d["EDM"][3] < summary_2d["DSM-eps"][2]
+for solver, _, _ in RUNS:  # with a learned score every solver does worse than with the exact one
+    by_model = {r[1]: r for r in table if r[0] == solver}
+    for label in models:
+        assert by_model[label][3] > by_model["exact"][3], f"{solver}: {label} SW₂ below the exact score's"
+        assert by_model[label][5] > by_model["exact"][5], f"{solver}: {label} fewer samples off-mode than exact"
+for stat in (0, 2):  # the spread between solvers is small next to the gap between the models
+    spread = max(summary_2d[k][stat + 1] - summary_2d[k][stat] for k in summary_2d)
+    assert summary_2d["DSM-eps"][stat] - summary_2d["EDM"][stat] > spread, (stat, summary_2d)
+assert digit_losses[-1] < digit_losses[0], f"the digit loss did not fall: {digit_losses}"
+for k, v in fd.items():  # between noise and real images in Fréchet distance
+    assert fd_train_test < v < fd_noise, f"{k}: FD {v:.1f} not between {fd_train_test:.1f} and {fd_noise:.1f}"

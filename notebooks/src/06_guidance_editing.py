@@ -173,10 +173,13 @@ for s in STRENGTHS:
     edit_rms[s] = (x - real_x).pow(2).flatten(1).mean(1).sqrt().mean().item()
     edit_acc[s] = (predict(x).argmax(1) == real_y).float().mean().item()
 sdedit_exact = bool(torch.equal(edits[0.0], real_x))
+same_seed = sd.sample(own_class, SOLVER, STEPS, tuple(real_x.shape), grid="karras", denoise=True, seed=0)
+strength1_vs_sample = (edits[1.0] - same_seed).pow(2).flatten(1).mean(1).sqrt().mean().item()
 for s in STRENGTHS:
     print(f"strength {s:4.2f}: {round(s * STEPS):2d} of {STEPS} intervals, RMS distance to the input "
           f"{edit_rms[s]:.3f}, classified as the input's class {edit_acc[s]:.2f}")
-print(f"strength 0 returns the input exactly: {sdedit_exact}")
+print(f"strength 0 returns the input exactly: {sdedit_exact}; strength 1 vs sd.sample with the same seed: "
+      f"RMS {strength1_vs_sample:.3f}")
 
 fig, ax = plt.subplots(1, len(STRENGTHS) + 1, figsize=(19, 2.6))
 show([real_x[:10]] + [edits[s][:10] for s in STRENGTHS],
@@ -184,8 +187,9 @@ show([real_x[:10]] + [edits[s][:10] for s in STRENGTHS],
 
 # %% [markdown]
 # The distance to the input grows with the strength: small strengths only clean up fine detail, strength 1
-# starts from (almost) pure noise, so it *is* a conditional sample (the same as `sd.sample` with the same
-# seed) and keeps nothing of the input but the label it was given. How often the judge still sees the input's
+# starts from (almost) pure noise, so it *is* a conditional sample (nearly the same as `sd.sample` with the same
+# seed: the input only shifts the start by `x/σ_max`; the printout compares them) and keeps nothing of the input
+# but the label it was given. How often the judge still sees the input's
 # class falls from its accuracy on real images toward the conditional model's accuracy (section 6.2) as the
 # strength grows. Pass another label (or a guided model) and SDEdit turns a shirt toward whatever you ask while
 # keeping the rough layout at mid strength.
@@ -283,3 +287,26 @@ print(f"notebook run time: {total:.0f} s")
 # * **Anagrams and hybrids** reuse the same network under two conditions at once; the judge's probabilities
 #   say how well one sample serves both readings with this model — a stronger model (more training) makes them
 #   more convincing, and nothing in the code changes.
+
+# %% [markdown]
+# ## Checks
+#
+# The claims above as assertions, so the notebook fails (in `tests/test_notebooks.py`) when a number stops
+# saying what the text says. They hold for the shipped weights; another weights file may break the ones about
+# how well guidance works, which is what they are for.
+
+# %%
+assert gap0 < 1e-5 and gap1 < 1e-5, f"CFG(w=0) / CFG(w=1) differ from the plain models by {gap0:.1e} / {gap1:.1e}"
+assert cfg_passes[0.0] == cfg_passes[1.0] == STEPS and cfg_passes[3.0] == 2 * STEPS, cfg_passes
+assert cfg_acc[0.0] <= 0.35, f"w = 0 ignores the label: its accuracy {cfg_acc[0.0]:.2f} should be near chance"
+assert cfg_acc[0.0] < cfg_acc[1.0] <= cfg_acc[3.0], f"accuracy should grow with w: {cfg_acc}"
+assert cfg_prob[0.0] < cfg_prob[1.0] < cfg_prob[3.0], f"p(y | x) should grow with w: {cfg_prob}"
+assert sdedit_exact, "SDEdit at strength 0 must return the input bit for bit"
+rms = [edit_rms[s] for s in STRENGTHS]
+assert all(a < b for a, b in zip(rms, rms[1:])), f"the distance to the input should grow with the strength: {rms}"
+assert strength1_vs_sample < 0.25 * edit_rms[1.0], "strength 1 should be (nearly) a plain conditional sample"
+assert edit_acc[1.0] <= edit_acc[0.0], f"the input's class should fade as the strength grows: {edit_acc}"
+assert known_err == 0, f"inpainting changed known pixels by up to {known_err}"
+assert hole_rms > 0.05, "the hidden half should be generated, not copied"
+for guided in (ana, hyb):  # every branch of a guided evaluation runs in one batched network call
+    assert guided.counts["network_calls"] == guided.nfe and guided.counts["network_passes"] == 4 * guided.nfe
