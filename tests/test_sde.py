@@ -115,6 +115,8 @@ def _reference_s_std(sde: sd.SDE, t: torch.Tensor) -> tuple[torch.Tensor, torch.
         phi = lambda u: (u + 0.008) / 1.008 * math.pi / 2  # noqa: E731
         s = torch.cos(phi(t)) / math.cos(phi(0.0))
         return s, torch.sqrt(1 - s**2)
+    if sde.name == "flow":  # Lipman et al. 2023, eq. 20 (σ_min = 0); Liu et al. 2023: x_t = (1 − t)x₀ + tε
+        return 1 - t, t
     raise AssertionError(f"no reference for {sde.name}: add one when registering a new SDE")
 
 
@@ -223,7 +225,7 @@ def test_t_of_alpha_bar_inverts_s_squared(name):
 
 # ---- priors ------------------------------------------------------------------------------------------
 
-EXPECTED_PRIOR_STD = {"vp": 1.0, "subvp": 1.0, "cosine": 1.0, "ve": 50.0, "edm": 80.0}
+EXPECTED_PRIOR_STD = {"vp": 1.0, "subvp": 1.0, "cosine": 1.0, "ve": 50.0, "edm": 80.0, "flow": 1.0}
 
 
 def test_prior_std(sde):
