@@ -32,7 +32,7 @@ def _state(sde: sd.SDE, seed: int = 0):
     std4 = s4 * sig4
     x = s4 * x0 + std4 * eps
     alpha = 1 / torch.sqrt(1 + sig4**2)  # the VP signal scale at the same σ; σ·α is its noise scale
-    targets = {"score": -eps / std4, "eps": eps, "x0": x0, "v": alpha * eps - sig4 * alpha * x0}
+    targets = {"score": -eps / std4, "eps": eps, "x0": x0, "v": alpha * eps - sig4 * alpha * x0, "velocity": eps - x0}
     return x, t, s, sigma, targets
 
 

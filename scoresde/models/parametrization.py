@@ -1,4 +1,4 @@
-"""Conversions between the four things a network may predict: score, ε, x₀ (the denoiser) and v.
+"""Conversions between the five things a network may predict: score, ε, x₀ (the denoiser), v and the velocity u.
 
 With ``x = s·x₀ + s·σ·ε`` (DESIGN.md notation, std = s·σ):
 
@@ -9,6 +9,12 @@ With ``x = s·x₀ + s·σ·ε`` (DESIGN.md notation, std = s·σ):
   noise scales at the same σ), ``v = α·ε − σ̃·x₀`` (Salimans & Ho 2022, §4). Under the VP SDE
   α = s and σ̃ = std, so this is exactly ``v = s·ε − std·x₀``; under VE/EDM it is the v of the
   VP process with the same σ, applied to ``x/s``.
+* velocity ``u = ε − x₀``, the flow-matching target (Lipman et al. 2023, eq. 23; Liu et al. 2023, eq. 1):
+  from ``x̂ = x/s = x₀ + σ·ε``, ``x₀ = (x̂ − σ·u)/(1 + σ)`` and ``ε = (x̂ + u)/(1 + σ)``. Under the flow SDE
+  (s = 1 − t, σ = t/(1 − t), so s·(1 + σ) = 1) this is ``x₀ = x − t·u``, and u is the probability-flow ODE
+  drift ``dx/dt`` (:mod:`scoresde.sde.flow`). Under any other SDE it is the same ``ε − x₀`` of the unscaled
+  variable x̂ = x/s: the velocity of the linear interpolant with the same σ, whose state is ``x̂/(1 + σ)`` at
+  time ``σ/(1 + σ)`` — not ``dx/dt`` of that SDE's own ODE.
 """
 from __future__ import annotations
 
@@ -20,8 +26,8 @@ from torch import Tensor
 
 from scoresde.utils import append_dims
 
-Prediction = Literal["score", "eps", "x0", "v"]
-PREDICTIONS: tuple[str, ...] = ("score", "eps", "x0", "v")
+Prediction = Literal["score", "eps", "x0", "v", "velocity"]
+PREDICTIONS: tuple[str, ...] = ("score", "eps", "x0", "v", "velocity")
 
 
 def check_prediction(kind: str) -> None:
@@ -55,6 +61,9 @@ def to_x0_eps(out: Tensor, kind: str, x: Tensor, s: Scale, sigma: Scale) -> tupl
         alpha = _vp_alpha(sigma)
         x_vp = x * (alpha / s)
         return alpha * x_vp - sigma * alpha * out, sigma * alpha * x_vp + alpha * out
+    if kind == "velocity":
+        x_hat, one_plus = x / s, 1 + sigma
+        return (x_hat - sigma * out) / one_plus, (x_hat + out) / one_plus
     check_prediction(kind)
     raise AssertionError
 
@@ -76,5 +85,7 @@ def convert(out: Tensor, src: str, dst: str, x: Tensor, s: Scale, sigma: Scale) 
         return eps
     if dst == "score":
         return eps / -(s * sigma)
+    if dst == "velocity":
+        return eps - x0
     alpha = _vp_alpha(sigma)
     return alpha * eps - sigma * alpha * x0

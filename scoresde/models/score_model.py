@@ -29,7 +29,11 @@ class CountingModel:
 
 
 class ScoreModel:
-    """A score model of the SDE ``sde`` whose network predicts ``prediction`` (score, eps, x0 or v).
+    """A score model of the SDE ``sde`` whose network predicts ``prediction`` (score, eps, x0, v or velocity).
+
+    ``"velocity"`` is the flow-matching target ``u = ε − x₀`` (Lipman et al. 2023; Liu et al. 2023); under the
+    flow SDE it is the probability-flow ODE's drift, under any other SDE the same ``ε − x₀`` of x̂ = x/s (see
+    :mod:`scoresde.models.parametrization`).
 
     ``fn(x, t)`` takes ``x`` of shape (B, ...) (2-D points and images alike) and SDE time ``t`` of shape
     (B,), and returns a tensor shaped like ``x``. Every method below is one counted evaluation; solvers
@@ -61,7 +65,7 @@ class ScoreModel:
 
     def predict(self, x: Tensor, t: Tensor | float, kind: str, s: float | None = None,
                 sigma: float | None = None) -> Tensor:
-        """One evaluation converted to ``kind`` (score, eps, x0 or v). Solvers pass the grid point's
+        """One evaluation converted to ``kind`` (score, eps, x0, v or velocity). Solvers pass the grid point's
         ``s`` and ``sigma`` as floats, which spares recomputing them per call."""
         t = as_time(t, x)
         out = self(x, t)
@@ -81,6 +85,10 @@ class ScoreModel:
 
     def eps(self, x: Tensor, t: Tensor | float) -> Tensor:
         return self.predict(x, t, "eps")
+
+    def velocity(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The flow-matching velocity ``E[ε − x₀ | x_t]`` (the PF-ODE drift under the flow SDE)."""
+        return self.predict(x, t, "velocity")
 
     def x0_eps(self, x: Tensor, t: Tensor | float, s: float | None = None,
                sigma: float | None = None) -> tuple[Tensor, Tensor]:
