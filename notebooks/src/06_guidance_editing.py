@@ -85,7 +85,7 @@ except FileNotFoundError as err:
     print(f"Fashion-MNIST not found ({str(err)[:80]}...); using conditional model samples instead")
     test_y = torch.arange(K).repeat(2)
     test_x = sd.sample(pre.score_model(test_y), SOLVER, STEPS, (len(test_y), *pre.shape), grid="karras",
-                       denoise=True, seed=100)
+                       denoise=True, seed=100).clamp(-1, 1)  # images live in [-1, 1]; samples may overshoot
     SOURCE = "model samples"
 first_two = torch.cat([torch.nonzero(test_y == k).flatten()[:2] for k in range(K)])
 real_x, real_y = test_x[first_two], test_y[first_two]
