@@ -63,12 +63,12 @@ def test_png_in_png_out_sdedit_and_inpaint_keep_their_promises(model_file, tmp_p
 
 @pytest.mark.parametrize("overrides,error,match", [
     (["mode=guidance", "class_label=horse"], ValueError, "unknown class 'horse'"),
-    (["mode=guidance", "class_label=7"], ValueError, "out of range"),
-    (["mode=guidance", "scales=[nan]"], ValueError, "guidance scale must be finite"),
+    (["mode=guidance", "class_label=7"], ValueError, "class_label=7: class label 7 out of range"),
+    (["mode=guidance", "scales=[nan]"], ValueError, "scales must be a finite number, got scales=nan"),
     (["mode=anagram", "class_label=0"], ValueError, "needs two classes"),
     (["mode=inpaint", "mask=donut"], ValueError, "unknown mask 'donut'"),
-    (["mode=paint"], ValueError, "unknown mode 'paint'"),
-    (["mode=sdedit", "strengths=[2]"], ValueError, "strength must be in"),
+    (["mode=paint"], ValueError, "mode must be one of guidance, .*got mode='paint'"),
+    (["mode=sdedit", "strengths=[2]"], ValueError, "strengths must be a finite number >= 0 and <= 1, got strengths=2"),
 ])
 def test_bad_input_is_named(model_file, tmp_path, overrides, error, match):
     with pytest.raises(error, match=match):

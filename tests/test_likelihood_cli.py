@@ -21,7 +21,7 @@ from scoresde.training.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SIGMA_DATA = 0.5
-TRAIN = ["progress=false", "sample.every=0", "ckpt_every=0", "steps=2", "threads=1", "model.kind=edm"]
+TRAIN = ["progress=false", "sample.every=0", "ckpt_every=1000", "steps=2", "threads=1", "model.kind=edm"]
 
 
 def compose_cfg(name: str, overrides: list[str]):
@@ -132,13 +132,13 @@ def test_conditional_checkpoint_null_class_by_default_true_labels_on_request(dig
 def test_bad_input_is_named(toy_run, digits_run, monkeypatch):
     with pytest.raises(ValueError, match=r"data 'digits' has samples of shape \(1, 8, 8\).*trained on 'ring'"):
         run_cli(f"ckpt={toy_run}", "data=digits", "n=2")
-    with pytest.raises(ValueError, match="probes must be a positive integer, got probes=0"):
+    with pytest.raises(ValueError, match="probes must be an integer >= 1, got probes=0"):
         run_cli(f"ckpt={toy_run}", "probes=0")
     with pytest.raises(ValueError, match="labels=true needs a class-conditional checkpoint"):
         run_cli(f"ckpt={toy_run}", "labels=true", "n=2")
     with pytest.raises(ValueError, match="n=2000 exceeds the 359 images of digits"):
         run_cli(f"ckpt={digits_run}", "n=2000")
-    with pytest.raises(FileNotFoundError, match="no checkpoint file or run directory"):
+    with pytest.raises(ValueError, match="ckpt=/nonexistent/run: no checkpoint file or run directory"):
         run_cli("ckpt=/nonexistent/run")
     import scoresde.cli.likelihood as app
     x, y = sd.data.load_digits("test")

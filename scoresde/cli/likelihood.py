@@ -27,30 +27,43 @@ for L = 256; see :func:`scoresde.evaluation.likelihood.bits_per_dim`). Rescaling
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
 
 import scoresde
-from scoresde.cli.common import CONFIG_DIR, generator, named
-from scoresde.cli.sample import pick_device
+from scoresde.cli.common import (
+    app_main,
+    bool_option,
+    float_option,
+    generator,
+    int_option,
+    named,
+    one_line,
+    torch_threads,
+)
 from scoresde.data import IMAGE_DATASETS, TOYS, load_image_dataset, make_toy
-from scoresde.evaluation.ddpm_bound import ddpm_bound, has_ddpm_chain
-from scoresde.evaluation.likelihood import DIVERGENCES, Dequantization, ode_log_likelihood
+from scoresde.distributed import resolve_device
+from scoresde.errors import ConfigError, UserError
+from scoresde.evaluation.ddpm_bound import VARIANCES, ddpm_bound, has_ddpm_chain
+from scoresde.evaluation.likelihood import DIVERGENCES, PROBE_NOISES, Dequantization, ode_log_likelihood
 from scoresde.models.loader import load_model
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.base import SDE
+from scoresde.solvers.ode import torchdiffeq_methods
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 AUTO_EXACT_MAX_DIM = 16  # divergence=auto: the exact trace up to this many dimensions, Hutchinson above
+SPLITS = ("train", "test", "all")
 
 
 @dataclass
@@ -68,113 +81,203 @@ class Source:
     log_p0: Callable[[Tensor], Tensor] | None = None
 
 
+@dataclass(frozen=True)
+class Options:
+    """The run's settings, each read and checked once (:func:`read_options`); a bad one names its key."""
+
+    n: int
+    batch: int
+    probes: int
+    seed: int
+    dtype: torch.dtype
+    divergence: str
+    noise: str
+    method: str
+    rtol: float
+    atol: float
+    t_min: float | None
+    levels: int | None
+    centered: bool
+    ema: bool
+    labels: bool
+    split: str | None
+    progress: bool
+    bound: bool
+    bound_sde: str | None
+    bound_steps: int
+    bound_variance: str
+    bound_timesteps: int | None
+
+
+def choice(cfg: Any, key: str, choices: Any, default: Any = None) -> str:
+    """``cfg[key]`` (dotted keys allowed) as one of ``choices``; a ConfigError naming the key and the choices."""
+    value = OmegaConf.select(cfg, key, default=default) if OmegaConf.is_config(cfg) else cfg.get(key, default)
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {key}={value!r}")
+    return value
+
+
+def _optional_int(cfg: DictConfig, key: str, minimum: int) -> int | None:
+    return None if OmegaConf.select(cfg, key) is None else int_option(cfg, key, minimum=minimum)
+
+
+def read_options(cfg: DictConfig) -> Options:
+    """Every setting of the config, checked: integers, finite positive tolerances, names from their lists."""
+    bound_sde = OmegaConf.select(cfg, "ddpm_bound.sde")
+    if bound_sde is not None:
+        try:
+            scoresde.get_sde(str(bound_sde))
+        except (UserError, TypeError) as e:
+            raise ConfigError(f"ddpm_bound.sde={bound_sde!r}: {one_line(e)}") from None
+    return Options(
+        n=int_option(cfg, "n", minimum=1), batch=int_option(cfg, "batch", minimum=1),
+        probes=int_option(cfg, "probes", minimum=1), seed=int_option(cfg, "seed", 0, minimum=0),
+        dtype=DTYPES[choice(cfg, "dtype", DTYPES, "float64")],
+        divergence=choice(cfg, "divergence", ("auto", *DIVERGENCES)),
+        noise=choice(cfg, "noise", PROBE_NOISES, "rademacher"),
+        method=choice(cfg, "method", torchdiffeq_methods(), "dopri5"),
+        rtol=float_option(cfg, "rtol", minimum=0, maximum=1, open_below=True),
+        atol=float_option(cfg, "atol", minimum=0, open_below=True),
+        t_min=None if cfg.get("t_min") is None else float_option(cfg, "t_min", minimum=0, open_below=True),
+        levels=_optional_int(cfg, "levels", minimum=2), centered=bool_option(cfg, "centered", True),
+        ema=bool_option(cfg, "ema", True), labels=bool_option(cfg, "labels", False),
+        split=None if cfg.get("split") is None else choice(cfg, "split", SPLITS),
+        progress=bool_option(cfg, "progress", True),
+        bound=bool_option(cfg, "ddpm_bound.enabled", True), bound_sde=None if bound_sde is None else str(bound_sde),
+        bound_steps=int_option(cfg, "ddpm_bound.steps", 1000, minimum=2),
+        bound_variance=choice(cfg, "ddpm_bound.variance", VARIANCES, "beta"),
+        bound_timesteps=_optional_int(cfg, "ddpm_bound.timesteps", minimum=1))
+
+
 def _seeds(seed: int) -> dict[str, int]:
     keys = ("data", "ode", "ddpm")
     return dict(zip(keys, (int(s) for s in np.random.SeedSequence(seed).generate_state(len(keys)))))
 
 
-def _positive_int(cfg: DictConfig, key: str) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be a positive integer, got {key}={value!r}")
-    return value
-
-
-def _check(cfg: DictConfig) -> None:
-    for key in ("n", "batch", "probes"):
-        _positive_int(cfg, key)
-    if str(cfg.get("dtype", "float64")) not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
-    if str(cfg.divergence) not in (*DIVERGENCES, "auto"):
-        raise ValueError(f"divergence must be auto, {' or '.join(DIVERGENCES)}, got {cfg.divergence!r}")
-
-
-def _dequantization(cfg: DictConfig, name: str) -> Dequantization:
-    levels = cfg.get("levels") or (IMAGE_DATASETS[name].levels if name in IMAGE_DATASETS else None)
+def _dequantization(opt: Options, name: str) -> Dequantization:
+    levels = opt.levels or (IMAGE_DATASETS[name].levels if name in IMAGE_DATASETS else None)
     if levels is None:
-        raise ValueError(f"image data {name!r}: set levels= (the number of quantization levels of its pixels)")
-    return Dequantization(int(levels), centered=bool(cfg.get("centered", True)))
+        raise ConfigError(f"image data {name!r}: set levels= (the number of quantization levels of its pixels)")
+    return Dequantization(int(levels), centered=opt.centered)
 
 
-def testbed_source(cfg: DictConfig, seeds: dict[str, int], dtype: torch.dtype) -> Source:
+def _group(cfg: DictConfig, key: str, build: Callable[..., Any]) -> Any:
+    """``build(**cfg[key])`` for a config group (sde, testbed); its errors name the group."""
+    spec = named(cfg.get(key), key)
+    try:
+        return build(**spec)
+    except (UserError, TypeError, ValueError) as e:
+        raise ConfigError(f"{key}={spec['name']}: {one_line(e)}") from None
+
+
+def testbed_source(cfg: DictConfig, opt: Options, seeds: dict[str, int]) -> Source:
     """An exact-score testbed under ``sde=``; finite datasets (digits) give their first n points."""
-    sde = scoresde.get_sde(**named(cfg.get("sde"), "sde"))
-    testbed = scoresde.get_testbed(**named(cfg.get("testbed"), "testbed"))
+    sde, testbed = _group(cfg, "sde", scoresde.get_sde), _group(cfg, "testbed", scoresde.get_testbed)
     if bool((testbed.stds == 0).all()):  # a finite dataset: its points are the data
-        if cfg.n > len(testbed.means):
-            raise ValueError(f"n={cfg.n} exceeds the {len(testbed.means)} points of {testbed.name}")
-        x = testbed.means[:cfg.n].reshape((cfg.n, *testbed.event_shape)).to(dtype)
+        if opt.n > len(testbed.means):
+            raise ConfigError(f"n={opt.n} exceeds the {len(testbed.means)} points of {testbed.name}")
+        x = testbed.means[:opt.n].reshape((opt.n, *testbed.event_shape)).to(opt.dtype)
     else:
-        x = testbed.sample(cfg.n, generator=generator(seeds["data"]), dtype=dtype)
-    deq = _dequantization(cfg, testbed.name) if len(testbed.event_shape) > 1 else None
+        x = testbed.sample(opt.n, generator=generator(seeds["data"]), dtype=opt.dtype)
+    deq = _dequantization(opt, testbed.name) if len(testbed.event_shape) > 1 else None
     return Source(repr(testbed), sde, x, None, lambda s, _: testbed.model(s), deq,
                   exact=lambda pts, t: testbed.marginal_log_prob(pts, t, sde), log_p0=testbed.log_prob)
 
 
-def _dataset(cfg: DictConfig, data: dict[str, Any], seed: int) -> tuple[Tensor, Tensor | None]:
+def _dataset(opt: Options, data: dict[str, Any], seed: int) -> tuple[Tensor, Tensor | None]:
     """The first n images of the split (with labels), or n points of a toy drawn from ``seed``."""
-    name, n = data["name"], int(cfg.n)
+    name, n = data["name"], opt.n
     if name in TOYS:
         return make_toy(name, n, generator(seed)), None
     if name not in IMAGE_DATASETS:
-        raise ValueError(f"unknown data {name!r}; choose one of {', '.join([*IMAGE_DATASETS, *TOYS])}")
-    x, labels = load_image_dataset(name, str(cfg.get("split") or data.get("split", "test")), data.get("root"))
+        raise ConfigError(f"data.name must be one of {', '.join([*IMAGE_DATASETS, *TOYS])}, got data.name={name!r}")
+    split = str(opt.split or data.get("split", "test"))
+    try:
+        x, labels = load_image_dataset(name, split, data.get("root"))
+    except (UserError, KeyError, OSError) as e:
+        raise UserError(f"data={name} split={split}: {one_line(e)}") from None
     if n > len(x):
-        raise ValueError(f"n={n} exceeds the {len(x)} images of {name}")
+        raise ConfigError(f"n={n} exceeds the {len(x)} images of {name}")
     return x[:n], labels[:n]
 
 
-def checkpoint_source(cfg: DictConfig, seeds: dict[str, int], dtype: torch.dtype) -> Source:
+def _device(cfg: DictConfig) -> torch.device:
+    try:
+        return resolve_device(cfg.get("device", "auto"))
+    except (ValueError, RuntimeError) as e:  # the message names device=
+        raise ConfigError(one_line(e)) from None
+
+
+def checkpoint_source(cfg: DictConfig, opt: Options, seeds: dict[str, int]) -> Source:
     """A trained checkpoint on ``data=`` (default: its training data), with the checkpoint's SDE."""
-    loaded = load_model(cfg.ckpt, bool(cfg.get("ema", True)))
+    device = _device(cfg)  # checked first: a device that cannot work fails before the checkpoint is read
+    try:
+        loaded = load_model(str(cfg.ckpt), opt.ema)
+    except (UserError, OSError) as e:
+        raise UserError(f"ckpt={cfg.ckpt}: {one_line(e)}") from e
     path, net, sde, train_cfg = loaded.provenance["source"], loaded.model, loaded.sde, loaded.training_config
-    device = pick_device(cfg.get("device"))
-    net.to(device=device, dtype=dtype)
+    net.to(device=device, dtype=opt.dtype)
     if cfg.get("data") is None and not train_cfg.get("data"):
-        raise ValueError(f"{path} does not say what it was trained on; give data=<name>")
+        raise ConfigError(f"ckpt={path} does not say what it was trained on; give data=<name>")
     data = named(cfg.data if cfg.get("data") is not None else train_cfg.get("data"), "data")
-    x, labels = _dataset(cfg, data, seeds["data"])
+    x, labels = _dataset(opt, data, seeds["data"])
     if tuple(x.shape[1:]) != loaded.shape:
         trained = (train_cfg.get("data") or {}).get("name")
-        raise ValueError(f"data {data['name']!r} has samples of shape {tuple(x.shape[1:])}, but the checkpoint's "
-                         f"model takes samples of shape {loaded.shape}"
-                         + (f" (it was trained on {trained!r})" if trained else ""))
-    if cfg.get("labels"):
+        raise ConfigError(f"data {data['name']!r} has samples of shape {tuple(x.shape[1:])}, but the checkpoint's "
+                          f"model takes samples of shape {loaded.shape}"
+                          + (f" (it was trained on {trained!r})" if trained else ""))
+    if opt.labels:
         if not net.num_classes or labels is None:
-            raise ValueError("labels=true needs a class-conditional checkpoint and labelled data; this checkpoint "
-                             f"has num_classes={net.num_classes} and data {data['name']!r} "
-                             f"{'has no' if labels is None else 'has'} labels")
+            raise ConfigError("labels=true needs a class-conditional checkpoint and labelled data; this checkpoint "
+                              f"has num_classes={net.num_classes} and data {data['name']!r} "
+                              f"{'has no' if labels is None else 'has'} labels")
         labels = labels.to(device)
     else:
         labels = None
-    deq = _dequantization(cfg, data["name"]) if data["name"] in IMAGE_DATASETS else None
-    title = f"{path} (step {loaded.step}, {'EMA' if cfg.get('ema', True) else 'raw'} weights) on " \
-            f"{data['name']}{'' if deq is None else ' ' + str(cfg.get('split') or data.get('split', 'test'))}" \
+    deq = _dequantization(opt, data["name"]) if data["name"] in IMAGE_DATASETS else None
+    title = f"{path} (step {loaded.step}, {'EMA' if opt.ema else 'raw'} weights) on " \
+            f"{data['name']}{'' if deq is None else ' ' + str(opt.split or data.get('split', 'test'))}" \
             f"{', true labels' if labels is not None else ', null class' if net.num_classes else ''}"
-    return Source(title, sde, x.to(device=device, dtype=dtype), labels,
+    return Source(title, sde, x.to(device=device, dtype=opt.dtype), labels,
                   lambda s, lb: net.score_model(s, lb), deq)
+
+
+def _out_dir(cfg: DictConfig) -> Path | None:
+    """``out_dir`` (created now, so that a path that cannot hold it fails before the work), or None."""
+    if not cfg.get("out_dir"):
+        return None
+    path = Path(str(cfg.out_dir)).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"out_dir={cfg.out_dir}: cannot create the folder: {e.strerror or e}") from None
+    return path
 
 
 def likelihood(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation the config describes, print it and return the numbers: ``mean``, ``std_error`` (across
     samples), ``probe_std_error``, ``nfe``, ``seconds``, ``exact`` (testbeds), ``values`` (per sample, CPU),
     ``points`` (the points whose density was computed: the data, dequantized for images) and ``ddpm`` (the bound's
-    mean, std_error, nfe, seconds; or None)."""
-    _check(cfg)
-    seeds, dtype = _seeds(int(cfg.get("seed", 0))), DTYPES[str(cfg.get("dtype", "float64"))]
-    threads = torch.get_num_threads()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    try:
-        src = (checkpoint_source if cfg.get("ckpt") is not None else testbed_source)(cfg, seeds, dtype)
-        t_min = float(src.sde.t_min if cfg.get("t_min") is None else cfg.t_min)
-        ode = _ode(cfg, src, t_min, seeds["ode"])
-        bound = _bound(cfg, src, seeds["ddpm"])
-    finally:
-        torch.set_num_threads(threads)
+    mean, std_error, nfe, seconds; or None). With ``out_dir`` also writes them (less the points) to
+    ``<out_dir>/likelihood.json``."""
+    opt = read_options(cfg)
+    _device(cfg)  # a device name that cannot work is refused for testbeds too (they run on the CPU)
+    seeds, out_dir = _seeds(opt.seed), _out_dir(cfg)
+    with torch_threads(cfg.get("threads")):
+        src = (checkpoint_source if cfg.get("ckpt") is not None else testbed_source)(cfg, opt, seeds)
+        t_min = float(src.sde.t_min if opt.t_min is None else opt.t_min)
+        if not t_min < src.sde.T:
+            raise ConfigError(f"t_min must be below the {src.sde.name} SDE's T={src.sde.T:g}, got t_min={t_min:g}")
+        _bound_sde(opt, src.sde)  # checked before the ODE runs
+        ode = _ode(opt, src, t_min, seeds["ode"])
+        bound = _bound(opt, src, seeds["ddpm"])
     out = {"source": src.title, "sde": repr(src.sde), "n": len(src.x), "t_min": t_min,
            "unit": "nats" if src.deq is None else "bits/dim", **ode, "ddpm": bound}
-    print(format_report(out, cfg))
+    print(format_report(out, opt))
+    if out_dir is not None:
+        record = {k: v for k, v in out.items() if k != "points"}
+        record["values"] = out["values"].tolist()
+        (out_dir / "likelihood.json").write_text(json.dumps(record, indent=1))
     return out
 
 
@@ -183,19 +286,19 @@ def _batches(src: Source, batch: int) -> list[tuple[Tensor, Tensor | None]]:
     return list(zip(src.x.split(batch), labels))
 
 
-def _ode(cfg: DictConfig, src: Source, t_min: float, seed: int) -> dict[str, Any]:
+def _ode(opt: Options, src: Source, t_min: float, seed: int) -> dict[str, Any]:
     """ODE log-likelihood (nats) or bits/dim per sample over batches, with the Hutchinson error of the mean."""
     dim = math.prod(src.x.shape[1:])
-    divergence = str(cfg.divergence)
+    divergence = opt.divergence
     if divergence == "auto":
         divergence = "exact" if dim <= AUTO_EXACT_MAX_DIM else "hutchinson"
     per_unit = 1.0 if src.deq is None else 1 / (dim * math.log(2))  # d(bits/dim)/d(log p) = −1/(D ln 2)
     values, points, exact, probe_var, nfe, seconds, gen = [], [], [], [], 0, 0.0, generator(seed)
-    bar = tqdm(_batches(src, int(cfg.batch)), desc="scoresde-likelihood", disable=not cfg.get("progress", True))
+    bar = tqdm(_batches(src, opt.batch), desc="scoresde-likelihood", disable=not opt.progress)
     for xb, lb in bar:
-        r = ode_log_likelihood(src.model_for(src.sde, lb), xb, divergence=divergence, probes=int(cfg.probes),
-                               noise=str(cfg.noise), method=str(cfg.method), rtol=float(cfg.rtol),
-                               atol=float(cfg.atol), t_min=t_min, generator=gen, dequantization=src.deq)
+        r = ode_log_likelihood(src.model_for(src.sde, lb), xb, divergence=divergence, probes=opt.probes,
+                               noise=opt.noise, method=opt.method, rtol=opt.rtol, atol=opt.atol, t_min=t_min,
+                               generator=gen, dequantization=src.deq)
         nfe, seconds = nfe + r.nfe, seconds + r.seconds
         bar.set_postfix(nfe=nfe)
         values.append(r.log_likelihood if src.deq is None else r.bits_per_dim)
@@ -207,7 +310,7 @@ def _ode(cfg: DictConfig, src: Source, t_min: float, seed: int) -> dict[str, Any
             exact.append(ll if src.deq is None else src.deq.bits_per_dim(ll, r.log_q, dim))
     values = torch.cat(values)
     mean, se = _mean_se(values)
-    probe = float(torch.cat(probe_var).sum().sqrt() / len(src.x)) if probe_var and cfg.probes > 1 else None
+    probe = float(torch.cat(probe_var).sum().sqrt() / len(src.x)) if probe_var and opt.probes > 1 else None
     return {"mean": mean, "std_error": se, "probe_std_error": probe, "divergence": divergence, "nfe": nfe,
             "seconds": seconds, "exact": float(torch.cat(exact).mean()) if exact else None,
             "values": values.detach().cpu(), "points": torch.cat(points).detach().cpu()}
@@ -217,34 +320,44 @@ def _mean_se(v: Tensor) -> tuple[float, float]:
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else math.nan
 
 
-def _bound(cfg: DictConfig, src: Source, seed: int) -> dict[str, Any] | None:
-    """Ho et al.'s bound of the same model (bits/dim, or a lower bound on log p in nats), or None."""
-    bcfg = cfg.get("ddpm_bound") or {}
-    sde = src.sde if bcfg.get("sde") is None else scoresde.get_sde(str(bcfg.sde))
-    if not bcfg.get("enabled", True) or not has_ddpm_chain(sde):
+def _bound_sde(opt: Options, evaluated: SDE) -> SDE | None:
+    """The SDE whose DDPM chain gives the bound (None: no bound), its ``ddpm_bound.steps`` checked."""
+    sde = evaluated if opt.bound_sde is None else scoresde.get_sde(opt.bound_sde)
+    if not opt.bound or not has_ddpm_chain(sde):
         return None
-    timesteps, gen, parts, nfe, seconds = bcfg.get("timesteps"), generator(seed), [], 0, 0.0
-    for xb, lb in _batches(src, int(cfg.batch)):
-        r = ddpm_bound(src.model_for(sde, lb), xb, int(bcfg.get("steps", 1000)),
-                       variance=str(bcfg.get("variance", "beta")),
+    try:
+        sde.ddpm_schedule(opt.bound_steps)
+    except ValueError as e:
+        raise ConfigError(f"ddpm_bound.steps={opt.bound_steps}: {one_line(e)}") from None
+    return sde
+
+
+def _bound(opt: Options, src: Source, seed: int) -> dict[str, Any] | None:
+    """Ho et al.'s bound of the same model (bits/dim, or a lower bound on log p in nats), or None."""
+    sde = _bound_sde(opt, src.sde)
+    if sde is None:
+        return None
+    gen, parts, nfe, seconds = generator(seed), [], 0, 0.0
+    for xb, lb in _batches(src, opt.batch):
+        r = ddpm_bound(src.model_for(sde, lb), xb, opt.bound_steps, variance=opt.bound_variance,
                        decoder="continuous" if src.deq is None else "discrete",
-                       levels=256 if src.deq is None else src.deq.levels,
-                       timesteps=None if timesteps is None else int(timesteps), generator=gen)
+                       levels=256 if src.deq is None else src.deq.levels, timesteps=opt.bound_timesteps,
+                       generator=gen)
         parts.append(-r.nats if src.deq is None else r.bits_per_dim)  # nats: a lower bound on log p
         nfe, seconds = nfe + r.nfe, seconds + r.seconds
     mean, se = _mean_se(torch.cat(parts))
-    return {"mean": mean, "std_error": se, "steps": int(bcfg.get("steps", 1000)), "sde": repr(sde), "nfe": nfe,
+    return {"mean": mean, "std_error": se, "steps": opt.bound_steps, "sde": repr(sde), "nfe": nfe,
             "seconds": seconds,
             "exact_log_p0": float(src.log_p0(src.x).mean()) if src.log_p0 and src.deq is None else None}
 
 
-def format_report(out: dict[str, Any], cfg: DictConfig) -> str:
+def format_report(out: dict[str, Any], opt: Options) -> str:
     unit = out["unit"]
     what = "bits/dim" if unit == "bits/dim" else "mean log-likelihood [nats]"
-    probes = "" if out["divergence"] == "exact" else f", {cfg.probes} {cfg.noise} probes"
+    probes = "" if out["divergence"] == "exact" else f", {opt.probes} {opt.noise} probes"
     probe = "" if out["probe_std_error"] is None else f" (Hutchinson share {out['probe_std_error']:.4f})"
     lines = [f"{out['source']} under {out['sde']}: {what} of {out['n']} samples at t_min={out['t_min']:.3g}",
-             f"  ODE ({cfg.method}, rtol={float(cfg.rtol):.0e}, {out['divergence']} divergence{probes}): "
+             f"  ODE ({opt.method}, rtol={opt.rtol:.0e}, {out['divergence']} divergence{probes}): "
              f"{out['mean']:.4f} ± {out['std_error']:.4f}{probe} {unit}; NFE {out['nfe']}, {out['seconds']:.2f} s"]
     if out["exact"] is not None:
         lines.append(f"  exact: {out['exact']:.4f} {unit}")
@@ -258,10 +371,7 @@ def format_report(out: dict[str, Any], cfg: DictConfig) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="likelihood")
-def main(cfg: DictConfig) -> None:
-    """Console entry point ``scoresde-likelihood`` (Hydra overrides on the command line)."""
-    likelihood(cfg)
+main = app_main("likelihood", likelihood, "likelihood")
 
 
 if __name__ == "__main__":
