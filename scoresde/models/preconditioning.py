@@ -12,11 +12,18 @@ Two families:
   ``normalize_input=True``, the VP-normalized ``x·α/s`` with ``α = 1/√(1+σ²)``, which equals ``x`` under the
   VP SDE and has unit-order scale under VE/EDM) and ``c_noise``, and its output *is* that prediction, in the
   conventions of :mod:`scoresde.models.parametrization`.
+* the plain head ``"velocity"`` (flow matching, Lipman et al. 2023; Liu et al. 2023): the output is the
+  velocity ``u = ε − x₀``, as in the flow-matching networks ``v_θ(x_t, t)``. The input is the state ``x``, or,
+  with ``normalize_input=True``, the flow-normalized ``x/(s·(1+σ)) = x̂/(1+σ)``: the state of the linear
+  interpolant ``(1 − τ)x₀ + τε`` at the same σ (τ = σ/(1+σ)), which equals ``x`` under the flow SDE, so a
+  velocity network trained there runs unchanged under any other SDE. ``c_noise="flow"`` gives it the
+  interpolant time ``τ = σ/(1+σ)`` ∈ [0, 1), the network input of the flow-matching papers (SD3 feeds 1000·τ).
 
 ``c_noise`` choices (a function of σ only, so the same network runs under every SDE):
 ``"log"``: ``ln(σ)/4`` (EDM; default); ``"ve"``: ``ln(σ/2)`` (NCSN++/EDM's VE preconditioning);
 ``"ddpm"``: ``999·t_VP(σ)``, the time of the default VP SDE (β_min = 0.1, β_max = 20) at which it has noise σ,
-scaled to Ho et al.'s step index (EDM's VP preconditioning); or any callable ``σ (B,) -> (B,)``.
+scaled to Ho et al.'s step index (EDM's VP preconditioning); ``"flow"``: ``σ/(1+σ)``, the time of the flow SDE at
+noise σ (flow matching's t); or any callable ``σ (B,) -> (B,)``.
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ C_NOISE: dict[str, Callable[[Tensor], Tensor]] = {
     "log": lambda sigma: sigma.log() / 4,
     "ve": lambda sigma: (0.5 * sigma).log(),
     "ddpm": _ddpm_c_noise,
+    "flow": lambda sigma: sigma / (1 + sigma),
 }
 
 
@@ -56,11 +64,12 @@ class Preconditioned(nn.Module):
 
     Args:
         net: ``net(x, c_noise (B,), class_labels) -> tensor shaped like x`` (e.g. UNet, MLP).
-        kind: ``"edm"`` or a plain head ``"eps"``, ``"x0"``, ``"v"``, ``"score"``.
+        kind: ``"edm"`` or a plain head ``"eps"``, ``"x0"``, ``"v"``, ``"score"``, ``"velocity"``.
         sigma_data: σ_d of the data (EDM only; 0.5 for images in [-1, 1]).
-        c_noise: ``"log"``, ``"ve"``, ``"ddpm"`` or a callable of σ (plain heads; EDM always uses ln(σ)/4
+        c_noise: ``"log"``, ``"ve"``, ``"ddpm"``, ``"flow"`` or a callable of σ (plain heads; EDM always uses ln(σ)/4
             unless a different one is given explicitly).
-        normalize_input: plain heads only: feed ``x·α/s`` instead of ``x`` (see the module docstring).
+        normalize_input: plain heads only: feed ``x·α/s`` (``x/(s(1+σ))`` for ``"velocity"``) instead of ``x``
+            (see the module docstring).
 
     ``forward(x, sigma, s=None, class_labels=None)`` takes the state ``x`` (B, ...), per-sample σ and s (B,)
     (or floats; s defaults to 1) and returns the prediction of kind :attr:`prediction`.
@@ -97,7 +106,8 @@ class Preconditioned(nn.Module):
             x_hat = x / append_dims(s, x.ndim)
             return c_skip * x_hat + c_out * self.net(c_in * x_hat, c_noise, class_labels)
         if self.normalize_input:
-            x = x * append_dims(torch.rsqrt(1 + sigma**2) / s, x.ndim)
+            scale = 1 / (1 + sigma) if self.kind == "velocity" else torch.rsqrt(1 + sigma**2)
+            x = x * append_dims(scale / s, x.ndim)
         return self.net(x, c_noise, class_labels)
 
     def predict(self, x: Tensor, t: Tensor | float, sde: SDE, class_labels: Tensor | int | None = None) -> Tensor:

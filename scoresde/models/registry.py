@@ -36,7 +36,7 @@ NETWORKS: dict[str, tuple[str, str]] = {
 }
 _HYDRA_META = {"_convert_", "_recursive_"}  # Hydra keys with no effect on what is built; dropped
 _PLAIN = (bool, int, float, str, type(None))
-_PRECOND_KINDS = ("edm", "eps", "x0", "v", "score")
+_PRECOND_KINDS = ("edm", "eps", "x0", "v", "score", "velocity")
 
 
 class UnsafeConfigError(ConfigError):

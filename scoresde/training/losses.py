@@ -246,14 +246,92 @@ class EDMLoss:
         return self.weight(sigma) * batch_sq_norm(model.predict(x_t, t, "x0") - x0)
 
 
-LOSSES: dict[str, type] = {"dsm": DSMLoss, "ddpm": DDPMLoss, "edm": EDMLoss}
+TIME_SAMPLINGS: tuple[str, ...] = ("uniform", "logit_normal")
 
 
-def get_loss(name: str, **kwargs: float | str | bool | None) -> DSMLoss | DDPMLoss | EDMLoss:
-    """Build a loss by name (``dsm``, ``ddpm``, ``edm``)."""
+class FlowMatchingLoss:
+    """Conditional flow matching (Lipman et al. 2023, eq. 23 with σ_min = 0, their time reversed; rectified flow,
+    Liu et al. 2023, eq. 1) on any SDE.
+
+    ``τ`` is drawn on the interpolant's time axis, ``x_τ = (1 − τ)·x0 + τ·ε``, and the per-sample loss is
+    ``|u_θ(x_τ, τ) − (ε − x0)|²`` summed over dims. Under the flow SDE τ is the SDE time t itself. Under another
+    SDE the same point is reached at the same noise level: ``σ = τ/(1 − τ)``, ``t = sde.t_of_sigma(σ)``,
+    ``x_t = s(t)·(x0 + σε)`` (= ``s(t)/(1 − τ)·x_τ``), and ``u_θ = model.predict(x_t, t, "velocity")`` (the velocity
+    in x̂ units, see :mod:`scoresde.models.parametrization`); so, as for the other losses, every parametrization
+    trains under every SDE. In ε-terms ``|u_θ − u|² = (1 + σ)²|ε_θ − ε|²``: the DSM ε-loss weighted by
+    ``1/(1 − τ)²`` (Esser et al. 2024, §2–3.1, where every such loss is an ε-loss with a weight of τ).
+
+    Time distributions (Esser et al. 2024, §3.1, "SD3"):
+
+    * ``"uniform"``: τ ~ U[τ_lo, τ_hi] (Lipman et al.; Liu et al.);
+    * ``"logit_normal"``: ``logit τ ~ N(loc, scale²)`` (Esser et al. 2024, §3.1 "logit-normal sampling"; their
+      best: loc 0, scale 1),
+      truncated to [τ_lo, τ_hi] exactly, by inverting its CDF on a uniform draw.
+
+    [τ_lo, τ_hi] is the interpolant time of the SDE's [t_min, T] (``τ = σ/(1 + σ)``; under the flow SDE just
+    [t_min, T]), or of the ``t_min`` given here, so the model is never evaluated outside its SDE's range.
+
+    Args:
+        time_sampling: ``"uniform"`` or ``"logit_normal"``.
+        loc, scale: mean and std of logit τ (logit-normal only).
+        t_min: smallest training time (SDE time); the SDE's ``t_min`` when None.
+    """
+
+    def __init__(self, time_sampling: str = "uniform", loc: float = 0.0, scale: float = 1.0,
+                 t_min: float | None = None):
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"FlowMatchingLoss: unknown time_sampling {time_sampling!r}; choose one of "
+                             f"{', '.join(TIME_SAMPLINGS)}")
+        if not scale > 0:
+            raise ValueError(f"FlowMatchingLoss: scale must be > 0, got {scale}")
+        if t_min is not None and not t_min > 0:
+            raise ValueError(f"FlowMatchingLoss: t_min must be > 0, got {t_min}")
+        self.time_sampling, self.loc, self.scale, self.t_min = time_sampling, float(loc), float(scale), t_min
+
+    def tau_range(self, sde: SDE) -> tuple[float, float]:
+        """[τ_lo, τ_hi]: the interpolant times of the SDE's training interval [t_min, T]."""
+        t_min = sde.t_min if self.t_min is None else self.t_min
+        if not t_min < sde.T:
+            raise ValueError(f"FlowMatchingLoss: t_min={t_min} must be < T={sde.T} of the {sde.name} SDE")
+        sigma = sde.sigma(torch.tensor([t_min, sde.T], dtype=torch.float64))
+        tau = sigma / (1 + sigma)
+        return float(tau[0]), float(tau[1])
+
+    def sample_tau(self, sde: SDE, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Interpolant times τ, shape (B,), from the chosen distribution on [τ_lo, τ_hi]."""
+        lo, hi = self.tau_range(sde)
+        u = _uniform(x0, generator)
+        if self.time_sampling == "uniform":
+            return lo + (hi - lo) * u
+        normal = torch.distributions.Normal(0.0, 1.0)
+        z = torch.tensor([lo, hi], dtype=torch.float64).logit()
+        c_lo, c_hi = normal.cdf((z - self.loc) / self.scale).tolist()
+        p = (c_lo + (c_hi - c_lo) * u.double()).clamp(1e-300, 1 - 1e-16)
+        return torch.sigmoid(self.loc + self.scale * normal.icdf(p)).clamp(lo, hi).to(x0.dtype)
+
+    def __call__(self, model: ModelArg, x0: Tensor, generator: torch.Generator | None = None,
+                 class_labels: Tensor | None = None, t: Tensor | float | None = None) -> Tensor:
+        """Per-sample loss, shape (B,). A given SDE time ``t`` (scalar or (B,)) fixes the time."""
+        model = _bind("FlowMatchingLoss", model, class_labels)
+        sde = model.sde
+        if t is None:
+            tau = self.sample_tau(sde, x0, generator)
+            t = sde.t_of_sigma(tau / (1 - tau))
+        else:
+            t = as_time(t, x0)
+        eps = _noise(x0, generator)
+        mean, std = sde.marginal(x0, t)
+        return batch_sq_norm(model.predict(mean + std * eps, t, "velocity") - (eps - x0))
+
+
+LOSSES: dict[str, type] = {"dsm": DSMLoss, "ddpm": DDPMLoss, "edm": EDMLoss, "flow_matching": FlowMatchingLoss}
+
+
+def get_loss(name: str, **kwargs: float | str | bool | None) -> DSMLoss | DDPMLoss | EDMLoss | FlowMatchingLoss:
+    """Build a loss by name (``dsm``, ``ddpm``, ``edm``, ``flow_matching``)."""
     if name not in LOSSES:
         raise UnknownNameError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
     return LOSSES[name](**kwargs)
 
 
-__all__ = ["DSMLoss", "DDPMLoss", "EDMLoss", "LOSSES", "WEIGHTINGS", "get_loss"]
+__all__ = ["DSMLoss", "DDPMLoss", "EDMLoss", "FlowMatchingLoss", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "get_loss"]
