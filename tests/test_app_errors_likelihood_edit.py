@@ -168,6 +168,7 @@ EDIT_BAD = [
     (["pretrained=TMP/missing"], ["pretrained=", "no checkpoint file or run directory"]),
     (["pretrained=TMP/text.pt"], ["pretrained=", "not a weights-only checkpoint"]),
     (["pretrained=nope"], ["pretrained=nope", "unknown model 'nope'", "fashion_mnist"]),
+    (["pretrained=RUN", "mode=sdedit"], ["pretrained=", "edits images", "shape (2,)"]),
     (["device=tpu"], ["device must be one of", "'tpu'"]),
     (["threads=abc"], ["threads must be", "'abc'"]),
     (["out_dir=TMP/afile/sub"], ["out_dir=", "afile/sub", "cannot create the folder"]),
@@ -183,11 +184,32 @@ def _case_id(case) -> str:
 
 
 @pytest.mark.parametrize("args,needles", EDIT_BAD, ids=[_case_id(c) for c in EDIT_BAD])
-def test_edit_bad_input_is_one_line(args, needles, paths, capsys, monkeypatch, tmp_path):
+def test_edit_bad_input_is_one_line(args, needles, paths, capsys, monkeypatch, tmp_path, request):
+    if any("RUN" in a for a in args):
+        paths["RUN"] = str(request.getfixturevalue("toy_run"))
     code, err = run_console(edit_app.main, [*EDIT, f"out_dir={tmp_path / 'out'}", *fill(args, paths)], capsys,
                             monkeypatch, tmp_path)
     assert_one_line_error(code, err, "edit", *needles)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # refused before any work
+
+
+def test_hydra_full_error_shows_the_traceback(monkeypatch, tmp_path):
+    """Hydra's convention: with HYDRA_FULL_ERROR=1 (set before the console entry is made, as for a console script)
+    a user error comes through with its traceback."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from scoresde.cli.common import app_main
+    from scoresde.errors import ConfigError
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    for app, task, arg in (("edit", edit_app.edit, "upscale=0"), ("likelihood", likelihood_app.likelihood,
+                                                                     "probes=0")):
+        monkeypatch.setattr(sys, "argv", [f"scoresde-{app}", arg])
+        try:
+            with pytest.raises(ConfigError, match=arg):
+                app_main(app, task, app)()
+        finally:
+            GlobalHydra.instance().clear()
 
 
 def test_edit_counts_at_least_15_bad_inputs():

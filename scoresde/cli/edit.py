@@ -340,6 +340,9 @@ def edit(cfg: DictConfig) -> dict[str, Any]:
             pre = load_model(str(cfg.pretrained), device=device)
         except (UserError, OSError) as e:
             raise UserError(f"pretrained={cfg.pretrained}: {one_line(e)}") from e
+        if len(pre.shape) != 3:
+            raise ConfigError(f"pretrained={cfg.pretrained}: scoresde-edit edits images (C, H, W); this model's "
+                              f"samples have shape {pre.shape}")
         with torch.no_grad():
             rows = RUNNERS[st.mode](pre, cfg, st)
         try:
