@@ -3,7 +3,8 @@
 ``ckpt`` is loaded by the one model loader (:func:`scoresde.models.loader.load_model`: the network from the
 allowlist, the digest verified) with the EMA weights (``ema=true``, the default) or the raw
 ones, and sampled with any registered solver from ``configs/solver/`` (its registry
-name, default grid and options; ``grid=...`` and ``options.X=...`` override them) with a fixed seed.
+name, default grid and options; ``grid=...`` and ``options.X=...`` override them; an option the solver does not
+take is refused with the list of its options) with a fixed seed.
 ``ckpt`` is a checkpoint file, a folder of checkpoints, or a run dir (``<dir>/checkpoints``); a folder gives
 its latest checkpoint that loads (:func:`scoresde.training.checkpoint.latest_checkpoint`).
 
@@ -19,6 +20,7 @@ included (no rank waits on another inside a batch).
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,22 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 import scoresde
-from scoresde.cli.common import app_main, output_dir, plain
+from scoresde.cli.common import (
+    app_main,
+    bool_option,
+    float_option,
+    int_option,
+    one_line,
+    output_dir,
+    plain,
+    torch_threads,
+)
+from scoresde.cli.solver_options import build_solver, option_overrides
 from scoresde.distributed import DistContext, cat_results, init_distributed, resolve_device, run_sharded, shutdown
+from scoresde.errors import ConfigError
 from scoresde.models import Preconditioned
-from scoresde.models.loader import load_model, resolve_source
+from scoresde.models.loader import LoadedModel, load_model, resolve_source
+from scoresde.solvers.grids import GRIDS
 from scoresde.training.labels import fixed_labels
 from scoresde.training.trainer import image_grid, scatter_figure
 
@@ -40,8 +54,61 @@ DEVICES = ("cpu", "cuda", "auto")
 
 
 def pick_device(name: Any) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available): :func:`~scoresde.distributed.resolve_device`."""
-    return resolve_device(name)
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available): :func:`~scoresde.distributed.resolve_device`;
+    a device that cannot be had is a ConfigError naming ``device``."""
+    try:
+        return resolve_device(name)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Every number and switch of the config, checked by its key before anything is loaded (a ConfigError naming
+    the key and the value)."""
+    int_option(cfg, "n", 64, minimum=1)
+    int_option(cfg, "steps", 18, minimum=1)
+    int_option(cfg, "seed", 0, minimum=0)
+    for key in ("batch_size", "nrow"):
+        if cfg.get(key) is not None:
+            int_option(cfg, key, None, minimum=1)
+    float_option(cfg, "rho", 7.0, minimum=0, open_below=True)
+    float_option(cfg, "dist_timeout_s", 1800, minimum=0, open_below=True)
+    for key in ("ema", "denoise", "progress"):
+        bool_option(cfg, key, True)
+    shape = plain(cfg.get("shape"))
+    if shape is not None and (not isinstance(shape, list) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+        raise ConfigError(f"shape must be a non-empty list of positive sizes (e.g. [1,8,8]) or null, got "
+                          f"shape={shape!r}")
+    pick_device(cfg.get("device"))
+
+
+def with_key(key: str, value: Any, error: BaseException) -> BaseException:
+    """``error`` with ``key=value:`` in front of its message, of the same type when it can be rebuilt so."""
+    message = f"{key}={value}: {one_line(error)}"
+    try:
+        return type(error)(message)
+    except Exception:
+        return ConfigError(message)
+
+
+def load_ckpt(cfg: DictConfig, path: Path, device: torch.device) -> LoadedModel:
+    """:func:`load_model` of ``ckpt``; a refused or unreadable file names ``ckpt``."""
+    try:
+        return load_model(path, bool_option(cfg, "ema", True), device, plain(cfg.get("shape")))
+    except (OSError, ValueError) as e:
+        raise with_key("ckpt", cfg.get("ckpt"), e) from e
+
+
+def prepare_out_dir(cfg: DictConfig) -> Path:
+    """The output folder, created now (before any sampling); one that cannot be created names its key."""
+    out = output_dir(cfg)
+    key = "out_dir" if cfg.get("out_dir") else "hydra.run.dir"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{key}={out}: cannot create the output folder ({e.strerror or e})") from None
+    return out
 
 
 def solver_entry(cfg: DictConfig) -> dict[str, Any]:
@@ -52,8 +119,13 @@ def solver_entry(cfg: DictConfig) -> dict[str, Any]:
     (entry,) = entries.values()
     if not isinstance(entry, dict) or "name" not in entry:
         raise ValueError(f"the solver config must be a mapping with a name, got {entry!r}")
-    return {"name": str(entry["name"]), "grid": str(cfg.get("grid") or entry.get("grid") or "uniform"),
-            "options": {**(entry.get("options") or {}), **(plain(cfg.get("options")) or {})}}
+    options = plain(cfg.get("options")) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"options must be a mapping of solver options (options.X=...), got options={options!r}")
+    grid = str(cfg.get("grid") or entry.get("grid") or "uniform")
+    if grid not in GRIDS:
+        raise ConfigError(f"unknown grid {grid!r}; known grids: {', '.join(GRIDS)}")
+    return {"name": str(entry["name"]), "grid": grid, "options": {**(entry.get("options") or {}), **options}}
 
 
 def save_png(x: Tensor, path: Path, title: str, nrow: int | None = None) -> None:
@@ -74,7 +146,7 @@ def save_png(x: Tensor, path: Path, title: str, nrow: int | None = None) -> None
 def batch_size_of(cfg: DictConfig) -> int:
     """``batch_size``, or ``n`` (one batch) when it is null."""
     value = cfg.get("batch_size")
-    return int(cfg.get("n", 64)) if value is None else value
+    return int_option(cfg, "n", 64) if value is None else int_option(cfg, "batch_size")
 
 
 def class_labels_of(cfg: DictConfig, model: Preconditioned, n: int, names: list[str] | tuple[str, ...] = ()
@@ -102,17 +174,18 @@ def draw_batches(cfg: DictConfig, ctx: DistContext, model: Preconditioned, sde: 
                  shape: tuple[int, ...], entry: dict[str, Any], class_names: list[str] | tuple[str, ...] = ()
                  ) -> list[tuple[Tensor, int]] | None:
     """``(samples, NFE)`` of every seed batch in order on rank 0 (None on the others); this rank draws its share."""
-    solver = scoresde.get_solver(entry["name"], **entry["options"])  # unknown names: the registry's KeyError
-    n, seed = int(cfg.get("n", 64)), int(cfg.seed)
+    solver = build_solver(entry["name"], entry["options"])  # unknown names: the registry's KeyError
+    n, seed = int_option(cfg, "n", 64), int_option(cfg, "seed", 0)
 
     labels = class_labels_of(cfg, model, n, class_names)
 
     def one_batch(seeds: list[int]) -> tuple[Tensor, int]:
         batch_labels = None if labels is None else labels[[s - seed for s in seeds]].to(ctx.device)
         score_model = model.score_model(sde, batch_labels)  # a fresh NFE counter per batch
-        x = scoresde.sample(score_model, solver, int(cfg.steps), (len(seeds), *shape), grid=entry["grid"], seed=seeds,
-                            device=ctx.device, rho=float(cfg.get("rho", 7.0)), denoise=bool(cfg.get("denoise", True)),
-                            progress=bool(cfg.get("progress", True)) and ctx.is_main)
+        x = scoresde.sample(score_model, solver, int_option(cfg, "steps"), (len(seeds), *shape), grid=entry["grid"],
+                            seed=seeds, device=ctx.device, rho=float_option(cfg, "rho", 7.0),
+                            denoise=bool_option(cfg, "denoise", True),
+                            progress=bool_option(cfg, "progress", True) and ctx.is_main)
         return x.float().cpu(), score_model.nfe
 
     with torch.no_grad():
@@ -123,14 +196,13 @@ def write_outputs(cfg: DictConfig, x: Tensor, nfes: list[int], seconds: float, p
                   entry: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
     """``samples.png`` and ``samples.npz`` in the output folder; the summary :func:`sample_checkpoint` returns."""
     nfe = nfes[0] if len(set(nfes)) == 1 else sum(nfes) / len(nfes)  # NFE per batch (mean when they differ)
-    out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = "EMA" if cfg.get("ema", True) else "raw"
+    out = prepare_out_dir(cfg)
+    weights = "EMA" if bool_option(cfg, "ema", True) else "raw"
     save_png(x, out / "samples.png", f"{entry['name']}, {cfg.steps} steps, NFE {nfe:g}, {weights} weights, "
              f"step {step}", cfg.get("nrow"))
     np.savez(out / "samples.npz", samples=x.numpy(), nfe=nfe, nfe_per_batch=np.array(nfes), seconds=seconds,
-             step=step, seed=int(cfg.seed), solver=entry["name"], grid=entry["grid"], steps=int(cfg.steps),
-             ema=bool(cfg.get("ema", True)), checkpoint=str(path), batch_size=batch_size_of(cfg),
+             step=step, seed=int_option(cfg, "seed", 0), solver=entry["name"], grid=entry["grid"], steps=int(cfg.steps),
+             ema=bool_option(cfg, "ema", True), checkpoint=str(path), batch_size=batch_size_of(cfg),
              world_size=ctx.world_size)
     print(f"{len(x)} samples from {path} (step {step}, {weights} weights) with {entry['name']} on "
           f"{ctx.world_size} process(es): NFE {nfe:g}, {seconds:.2f} s; wrote {out / 'samples.png'} and "
@@ -142,35 +214,44 @@ def write_outputs(cfg: DictConfig, x: Tensor, nfes: list[int], seconds: float, p
 def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Load, sample (sharded over the ranks under torchrun), write ``samples.png`` and ``samples.npz`` on
     rank 0; returns the paths, NFE, seconds and samples there (``{"rank", "world_size"}`` elsewhere)."""
-    path = resolve_source(cfg.get("ckpt"))
+    check_options(cfg)
     entry = solver_entry(cfg)
-    scoresde.get_solver(entry["name"], **entry["options"])  # an unknown solver fails before any process group
-    n = int(cfg.get("n", 64))
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    pick_device(cfg.get("device"))
-    ctx = init_distributed(cfg.get("device"), float(cfg.get("dist_timeout_s") or 1800))
-    threads = torch.get_num_threads()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    build_solver(entry["name"], entry["options"])  # an unknown solver or option fails before any process group
+    if cfg.get("ckpt") is None:
+        raise ConfigError("ckpt must name a checkpoint file, a run dir, a checkpoints folder or a shipped model "
+                          "(fashion_mnist), got ckpt=null")
     try:
-        loaded = load_model(path, bool(cfg.get("ema", True)), ctx.device, plain(cfg.get("shape")))
-        model, sde, shape, step, names = loaded.model, loaded.sde, loaded.shape, loaded.step, loaded.class_names
-        tick = time.perf_counter()
-        parts = draw_batches(cfg, ctx, model, sde, shape, entry, names)
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize(ctx.device)
-        seconds = time.perf_counter() - tick
-    finally:
-        torch.set_num_threads(threads)
-        shutdown(ctx)
+        path = resolve_source(cfg.get("ckpt"))
+    except (OSError, ValueError) as e:
+        raise with_key("ckpt", cfg.get("ckpt"), e) from e
+    with torch_threads(cfg.get("threads")):
+        ctx = init_distributed(cfg.get("device"), float_option(cfg, "dist_timeout_s", 1800))
+        try:
+            if ctx.is_main:
+                prepare_out_dir(cfg)  # a folder that cannot be written fails now, not after the sampling
+            loaded = load_ckpt(cfg, path, ctx.device)
+            model, sde, shape, step, names = loaded.model, loaded.sde, loaded.shape, loaded.step, loaded.class_names
+            tick = time.perf_counter()
+            parts = draw_batches(cfg, ctx, model, sde, shape, entry, names)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            seconds = time.perf_counter() - tick
+        finally:
+            shutdown(ctx)
     if parts is None:
         return {"checkpoint": str(path), "rank": ctx.rank, "world_size": ctx.world_size}
     x, nfes = cat_results([p[0] for p in parts]), [int(p[1]) for p in parts]
     return write_outputs(cfg, x, nfes, seconds, path, step, entry, ctx)
 
 
-main = app_main("sample", sample_checkpoint, "sample")
+_console = app_main("sample", sample_checkpoint, "sample")
+
+
+def main() -> None:
+    """Console entry point ``scoresde-sample`` (Hydra overrides on the command line; ``options.X=...`` sets a
+    solver option)."""
+    sys.argv[1:] = option_overrides(sys.argv[1:], "options")
+    _console()
 
 
 if __name__ == "__main__":

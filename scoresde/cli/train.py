@@ -31,6 +31,8 @@ Presets: ``scoresde-train train=fashion_mnist`` (``configs/train/``).
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +42,23 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 import scoresde
-from scoresde.cli.common import app_main, named, output_dir, plain, torch_threads
+from scoresde.cli.common import (
+    app_main,
+    bool_option,
+    float_option,
+    int_option,
+    named,
+    output_dir,
+    plain,
+    torch_threads,
+)
+from scoresde.cli.solver_options import build_solver, option_overrides
 from scoresde.data.from_config import load_data_config
 from scoresde.distributed import DistContext, broadcast_object, init_distributed, resolve_device, shutdown
 from scoresde.errors import ConfigError
 from scoresde.models import EMA, Preconditioned
 from scoresde.models.registry import build_network, network_spec, preconditioning_spec
+from scoresde.solvers.grids import GRIDS
 from scoresde.training import Trainer, get_loss
 from scoresde.training.run_lock import RunLock
 
@@ -82,23 +95,100 @@ def build_model(node: Any) -> Preconditioned:
 
 
 def build_ema(node: Any, model: Preconditioned, batch_size: int) -> EMA:
+    """The :class:`EMA` of the ``ema`` config; a value EMA refuses is a ConfigError naming ``ema.<key>``."""
+    if not isinstance(plain(node), dict | None):
+        raise ConfigError(f"ema must be a mapping (decay, or half_life_kimg and rampup_ratio), got ema={node!r}")
     cfg = {k: v for k, v in (plain(node) or {}).items() if v is not None}
     if "half_life_kimg" in cfg:
         cfg.setdefault("batch_size", batch_size)
-    return EMA(model, **cfg)
+    try:
+        return EMA(model, **cfg)
+    except TypeError as e:
+        raise ConfigError(f"ema: {e}; the options are decay, half_life_kimg, rampup_ratio") from None
+    except ValueError as e:
+        named_keys = [k for k in cfg if k in str(e)]
+        key = f"ema.{named_keys[0]}" if len(named_keys) == 1 else "ema"
+        value = f"={cfg[named_keys[0]]!r}" if len(named_keys) == 1 else ""
+        raise ConfigError(f"{key}{value}: {e}") from None
 
 
 def check_scalars(cfg: DictConfig) -> None:
-    """lr > 0, steps >= 1, batch_size >= 1 and a known sample solver, before anything is built."""
-    lr, steps, batch = cfg.get("lr"), cfg.get("steps"), cfg.get("batch_size")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-        raise ConfigError(f"lr must be a number > 0, got lr={lr!r}")
-    for key, value in (("steps", steps), ("batch_size", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key} must be an integer >= 1, got {key}={value!r}")
-    solver = (cfg.get("sample") or {}).get("solver", "heun")
+    """Every top-level number and switch, checked by its key (a ConfigError naming the key and the value), and
+    the sample settings, before anything is built."""
+    int_option(cfg, "steps", 400, minimum=1)
+    int_option(cfg, "batch_size", 256, minimum=1)
+    lr = float_option(cfg, "lr", None, minimum=0, open_below=True)
+    float_option(cfg, "weight_decay", 0.0, minimum=0)
+    int_option(cfg, "warmup_steps", 0, minimum=0)
+    float_option(cfg, "lr_min", 0.0, minimum=0, maximum=lr)
+    if cfg.get("grad_clip") is not None:
+        float_option(cfg, "grad_clip", None, minimum=0)
+    below_one(cfg, "label_dropout", 0.0)
+    int_option(cfg, "seed", 0, minimum=0)
+    int_option(cfg, "log_every", 25, minimum=0)
+    if int_option(cfg, "ckpt_every", 100) < 1:  # 0 used to mean "only at the end"; say how to get that
+        raise ConfigError(f"ckpt_every must be an integer >= 1, got ckpt_every={cfg.get('ckpt_every')} (a checkpoint "
+                          "is always written at the end: ckpt_every=<steps> gives only that one)")
+    int_option(cfg, "keep_checkpoints", 0, minimum=0)
+    float_option(cfg, "dist_timeout_s", 1800, minimum=0, open_below=True)
+    for key in ("bf16", "resume", "progress"):
+        bool_option(cfg, key, False)
+    check_data_switches(cfg)
+    check_ema(cfg)
+    check_sample(cfg)
+
+
+def below_one(cfg: DictConfig, key: str, default: Any = None) -> float:
+    """``cfg[key]`` (dotted) as a finite number in [0, 1); a ConfigError naming the key otherwise."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+    value = default if node is None else node
+    want = ConfigError(f"{key} must be a finite number in [0, 1), got {key}={value!r}")
+    try:
+        number = float_option({"v": value}, "v", minimum=0, maximum=1)
+    except ConfigError:
+        raise want from None
+    if number >= 1:
+        raise want
+    return number
+
+
+def check_data_switches(cfg: DictConfig) -> None:
+    data = cfg.get("data")
+    if data is not None and hasattr(data, "get") and data.get("hflip") is not None:
+        bool_option(cfg, "data.hflip")
+
+
+def check_ema(cfg: DictConfig) -> None:
+    """``ema.decay`` in [0, 1), ``ema.half_life_kimg`` and ``ema.rampup_ratio`` > 0 (when set)."""
+    ema = cfg.get("ema")
+    if ema is None or not hasattr(ema, "get"):
+        return
+    if ema.get("decay") is not None:
+        below_one(cfg, "ema.decay")
+    for key in ("half_life_kimg", "rampup_ratio"):
+        if ema.get(key) is not None:
+            float_option(cfg, f"ema.{key}", None, minimum=0, open_below=True)
+
+
+def check_sample(cfg: DictConfig) -> None:
+    """``sample.every`` >= 0, ``sample.steps`` and ``sample.n`` >= 1, a known ``sample.solver`` taking
+    ``sample.options``, a known ``sample.grid``."""
+    sample = cfg.get("sample") or {}
+    int_option(cfg, "sample.every", 0, minimum=0)
+    int_option(cfg, "sample.steps", 18, minimum=1)
+    int_option(cfg, "sample.n", 1000, minimum=1)
+    solver = sample.get("solver", "heun")
     if solver not in scoresde.SOLVERS:
         raise ConfigError(f"unknown sample.solver {solver!r}; known solvers: {', '.join(sorted(scoresde.SOLVERS))}")
+    options = plain(sample.get("options")) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"sample.options must be a mapping of solver options, got sample.options={options!r}")
+    build_solver(str(solver), options, "sample.options")
+    grid = sample.get("grid", "karras")
+    if str(grid) not in GRIDS:
+        raise ConfigError(f"unknown sample.grid {grid!r}; known grids: {', '.join(GRIDS)}")
 
 
 def by_name(build: Any, node: Any, what: str) -> Any:
@@ -109,6 +199,8 @@ def by_name(build: Any, node: Any, what: str) -> Any:
         raise ConfigError(f"{what}: {e.args[0]}") from None
     except TypeError as e:
         raise ConfigError(f"{what}: bad option in {plain(node)}: {e}") from None
+    except ValueError as e:  # a value the SDE or loss refuses (sde.t_min=2, ...)
+        raise ConfigError(f"{what}: {e}") from None
 
 
 def check_model_takes(model: Preconditioned, x: Tensor, name: str) -> None:
@@ -137,15 +229,17 @@ def pick_device(cfg: DictConfig) -> torch.device:
 def trainer_options(cfg: DictConfig) -> dict[str, Any]:
     """The Trainer's keyword arguments that come straight from top-level settings."""
     sample = cfg.get("sample") or {}
-    return dict(batch_size=cfg.batch_size, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay),
-                warmup_steps=cfg.warmup_steps, lr_schedule=str(cfg.get("lr_schedule", "constant")),
-                lr_min=float(cfg.get("lr_min", 0.0) or 0.0), grad_clip=cfg.grad_clip, total_steps=cfg.steps,
-                ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, sample_every=sample.get("every", 0),
-                sample_solver=sample.get("solver", "heun"), sample_steps=sample.get("steps", 18),
+    grad_clip = None if cfg.get("grad_clip") is None else float_option(cfg, "grad_clip")
+    return dict(batch_size=int_option(cfg, "batch_size"), lr=float_option(cfg, "lr"),
+                weight_decay=float_option(cfg, "weight_decay", 0.0), warmup_steps=int_option(cfg, "warmup_steps", 0),
+                lr_schedule=str(cfg.get("lr_schedule", "constant")), lr_min=float_option(cfg, "lr_min", 0.0),
+                grad_clip=grad_clip, total_steps=int_option(cfg, "steps"), ckpt_every=int_option(cfg, "ckpt_every"),
+                log_every=int_option(cfg, "log_every", 25), sample_every=int_option(cfg, "sample.every", 0),
+                sample_solver=sample.get("solver", "heun"), sample_steps=int_option(cfg, "sample.steps", 18),
                 sample_grid=sample.get("grid", "karras"), sample_options=plain(sample.get("options")),
-                n_samples=sample.get("n", 1000), seed=int(cfg.get("seed", 0)), bf16=bool(cfg.get("bf16", False)),
-                keep_checkpoints=cfg.get("keep_checkpoints", 0), config=stored_config(cfg),
-                hflip=bool((plain(cfg.get("data")) or {}).get("hflip", False)))
+                n_samples=int_option(cfg, "sample.n", 1000), seed=int_option(cfg, "seed", 0),
+                bf16=bool_option(cfg, "bf16", False), keep_checkpoints=int_option(cfg, "keep_checkpoints", 0),
+                config=stored_config(cfg), hflip=bool_option(cfg, "data.hflip", False))
 
 
 def stored_config(cfg: DictConfig) -> dict[str, Any]:
@@ -159,7 +253,7 @@ def build_trainer(cfg: DictConfig, ctx: DistContext | None = None) -> Trainer:
     for a config that cannot work."""
     check_scalars(cfg)
     ctx = ctx or DistContext(device=pick_device(cfg))
-    seed = int(cfg.get("seed", 0))
+    seed = int_option(cfg, "seed", 0, minimum=0)
     seeds = [int(s) for s in np.random.SeedSequence([seed, 1]).generate_state(2)]
     torch.manual_seed(seeds[0])  # model initialization (and dropout, whose RNG state checkpoints keep)
     sde = by_name(scoresde.get_sde, cfg.get("sde"), "sde")
@@ -171,39 +265,55 @@ def build_trainer(cfg: DictConfig, ctx: DistContext | None = None) -> Trainer:
     model = build_model(cfg.get("model"))
     model_name = (plain(cfg.get("model")) or {}).get("name", "?")
     check_model_takes(model, data, model_name)
-    if cfg.batch_size > len(data):
+    if int_option(cfg, "batch_size") > len(data):
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(data)} training samples of "
                           f"data={named(cfg.get('data'), 'data')['name']}")
     if model.num_classes and labels is None:
         raise ConfigError(f"model {model_name!r} is class-conditional (num_classes={model.num_classes}), but "
                           f"data={named(cfg.get('data'), 'data')['name']} has no labels")
-    label_dropout = float(cfg.get("label_dropout") or 0.0) if model.num_classes else 0.0
+    label_dropout = float_option(cfg, "label_dropout", 0.0) if model.num_classes else 0.0
     out = Path(broadcast_object(str(output_dir(cfg)), ctx, "agreeing on the run directory"))  # rank 0's
     try:  # the Trainer's own checks (label range, warmup, intervals, ...) are config errors here too
         return Trainer(model, sde, loss, data, labels=labels if model.num_classes else None,
-                       label_dropout=label_dropout, ema=build_ema(cfg.get("ema"), model, cfg.batch_size),
+                       label_dropout=label_dropout, ema=build_ema(cfg.get("ema"), model, int_option(cfg, "batch_size")),
                        log_dir=out / "tb", ckpt_dir=out / "checkpoints", device=ctx.device,
-                       progress=bool(cfg.get("progress", True)), distributed=ctx, **trainer_options(cfg))
+                       progress=bool_option(cfg, "progress", True), distributed=ctx, **trainer_options(cfg))
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """The run directory (``out_dir``, else Hydra's ``hydra.run.dir``), created; one that cannot be created or
+    written is a ConfigError naming the key."""
+    out = output_dir(cfg)
+    key = "out_dir" if cfg.get("out_dir") else "hydra.run.dir"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{key}={out}: cannot create the run directory ({e.strerror or e})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={out}: the run directory is not writable")
+    return out
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build the trainer, resume when ``resume=true``, train to ``steps``; returns ``{"step", "loss", ...}``.
     Under torchrun (``WORLD_SIZE > 1``) it joins the process group first and leaves it at the end."""
+    check_scalars(cfg)
     pick_device(cfg)  # a device that cannot be had is a config error, before joining any process group
+    resume = bool_option(cfg, "resume", False)
     with torch_threads(cfg.get("threads")):
-        ctx = init_distributed(cfg.get("device", "cpu"), float(cfg.get("dist_timeout_s") or 1800))
+        ctx = init_distributed(cfg.get("device", "cpu"), float_option(cfg, "dist_timeout_s", 1800))
         say = print if ctx.is_main else (lambda *a, **k: None)
-        lock = RunLock(output_dir(cfg))
+        lock = RunLock(run_dir(cfg) if ctx.is_main else output_dir(cfg))
         try:
             if ctx.is_main:  # rank 0 writes the run directory; a second trainer there is refused
                 lock.acquire()
             trainer = build_trainer(cfg, ctx)
-            resumed = trainer.resume() if cfg.get("resume") else None
+            resumed = trainer.resume() if resume else None
             if resumed is not None:
                 say(f"resumed from {resumed} at step {trainer.step}")
-            elif cfg.get("resume"):
+            elif resume:
                 say(f"resume=true but no checkpoint in {trainer.ckpt_dir}: starting from step 0")
             try:
                 result = trainer.train()
@@ -218,7 +328,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "log_dir": str(trainer.log_dir), "rank": ctx.rank, "world_size": ctx.world_size}
 
 
-main = app_main("train", train, "train")
+_console = app_main("train", train, "train")
+
+
+def main() -> None:
+    """Console entry point ``scoresde-train`` (Hydra overrides on the command line; ``sample.options.X=...`` sets
+    an option of the sample-grid solver)."""
+    sys.argv[1:] = option_overrides(sys.argv[1:], "sample.options")
+    _console()
 
 
 if __name__ == "__main__":

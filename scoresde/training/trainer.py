@@ -284,7 +284,9 @@ class Trainer:
     def _log_scalars(self, loss: float, grad_norm: float, rate: float) -> None:
         loss = mean_across_ranks(loss, self.ctx, "averaging the training loss")
         if not math.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss} by step {self.step}")
+            raise FloatingPointError(f"the training loss became {loss} by step {self.step} with lr={self.lr:g} "
+                                     f"(grad_clip={'none' if math.isinf(self.grad_clip) else f'{self.grad_clip:g}'}): "
+                                     "lower lr, or set grad_clip")
         self.last_loss = loss
         writer = self.writer()
         if writer is None:
