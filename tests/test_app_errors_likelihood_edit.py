@@ -73,6 +73,7 @@ LIKELIHOOD_BAD = [
     (["t_min=abc"], ["t_min must be", "'abc'"]),
     (["t_min=2"], ["t_min must be below", "T=1", "t_min=2"]),
     (["levels=1"], ["levels must be an integer >= 2", "levels=1"]),
+    (["testbed=digits", "levels=5"], ["levels=5", "not on the 5-level grid"]),
     (["centered=maybe"], ["centered must be true or false"]),
     (["ddpm_bound.steps=0"], ["ddpm_bound.steps must be", "ddpm_bound.steps=0"]),
     (["ddpm_bound.steps=10", "method=euler"], ["ddpm_bound.steps=10", "beta_max=20"]),  # β_i = β(t_i)/N < 1

@@ -154,11 +154,18 @@ def _seeds(seed: int) -> dict[str, int]:
     return dict(zip(keys, (int(s) for s in np.random.SeedSequence(seed).generate_state(len(keys)))))
 
 
-def _dequantization(opt: Options, name: str) -> Dequantization:
+def _dequantization(opt: Options, name: str, x: Tensor) -> Dequantization:
+    """The dequantization of image data ``x``: ``levels`` (default: the data set's) checked against the data."""
     levels = opt.levels or (IMAGE_DATASETS[name].levels if name in IMAGE_DATASETS else None)
     if levels is None:
         raise ConfigError(f"image data {name!r}: set levels= (the number of quantization levels of its pixels)")
-    return Dequantization(int(levels), centered=opt.centered)
+    deq = Dequantization(int(levels), centered=opt.centered)
+    if opt.levels is not None:
+        try:
+            deq.levels_of(x)
+        except ValueError as e:
+            raise ConfigError(f"levels={opt.levels}: {one_line(e)} (the {name} data)") from None
+    return deq
 
 
 def _group(cfg: DictConfig, key: str, build: Callable[..., Any]) -> Any:
@@ -179,7 +186,7 @@ def testbed_source(cfg: DictConfig, opt: Options, seeds: dict[str, int]) -> Sour
         x = testbed.means[:opt.n].reshape((opt.n, *testbed.event_shape)).to(opt.dtype)
     else:
         x = testbed.sample(opt.n, generator=generator(seeds["data"]), dtype=opt.dtype)
-    deq = _dequantization(opt, testbed.name) if len(testbed.event_shape) > 1 else None
+    deq = _dequantization(opt, testbed.name, x) if len(testbed.event_shape) > 1 else None
     return Source(repr(testbed), sde, x, None, lambda s, _: testbed.model(s), deq,
                   exact=lambda pts, t: testbed.marginal_log_prob(pts, t, sde), log_p0=testbed.log_prob)
 
@@ -234,7 +241,7 @@ def checkpoint_source(cfg: DictConfig, opt: Options, seeds: dict[str, int]) -> S
         labels = labels.to(device)
     else:
         labels = None
-    deq = _dequantization(opt, data["name"]) if data["name"] in IMAGE_DATASETS else None
+    deq = _dequantization(opt, data["name"], x) if data["name"] in IMAGE_DATASETS else None
     title = f"{path} (step {loaded.step}, {'EMA' if opt.ema else 'raw'} weights) on " \
             f"{data['name']}{'' if deq is None else ' ' + str(opt.split or data.get('split', 'test'))}" \
             f"{', true labels' if labels is not None else ', null class' if net.num_classes else ''}"
