@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,8 +32,14 @@ def _hydra_errors() -> tuple[type[BaseException], ...]:
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line (a KeyError's quotes and blank lines dropped)."""
+    """The error's message on one line: a KeyError's quotes, blank lines, Hydra's config search path and its advice
+    to set HYDRA_FULL_ERROR dropped; an override of a key the config does not have is called an unknown key."""
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    unknown = re.search(r"Could not override '([^']+)'.*Key '[^']+' is not in struct", text, re.S)
+    if unknown:
+        return (f"unknown config key '{unknown.group(1)}' (check its spelling; the keys are in this app's config in "
+                f"{CONFIG_DIR})")
+    text = text.split("Config search path:")[0]
     parts = [ln.strip() for ln in text.splitlines() if ln.strip()]
     parts = [p for p in parts if not p.startswith("Set the environment variable HYDRA_FULL_ERROR")]
     return "; ".join(parts) or type(error).__name__
@@ -57,24 +64,25 @@ def app_main(app: str, task: Callable[[DictConfig], Any], config_name: str) -> C
     status 1; anything else is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` (Hydra's convention) shows the
     traceback of a user error too."""
     import hydra
-    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    show_traceback = [False]  # read when main() starts
 
     def run(cfg: DictConfig) -> None:
         try:
             task(cfg)
         except (RankFailure, *USER_ERRORS) as e:
-            _report(app, e, show_traceback)
+            _report(app, e, show_traceback[0])
 
     hydra_main = hydra.main(version_base=None, config_path=CONFIG_DIR, config_name=config_name)(run)
 
     def main() -> None:
+        show_traceback[0] = os.environ.get("HYDRA_FULL_ERROR") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its own errors, so that they reach this function
         try:
             hydra_main()
         except (RankFailure, *USER_ERRORS, *_hydra_errors()) as e:
-            _report(app, e, show_traceback)
+            _report(app, e, show_traceback[0])
         finally:
-            if not show_traceback:
+            if not show_traceback[0]:
                 os.environ.pop("HYDRA_FULL_ERROR", None)
 
     main.__doc__ = f"Console entry point ``scoresde-{app}`` (Hydra overrides on the command line)."
