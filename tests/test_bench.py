@@ -2,23 +2,28 @@
 exact floors, peers on the same denoiser, the Hydra app on testbeds and on a checkpoint, and clear errors."""
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import scoresde as sd
-from scoresde.bench import SweepSettings, draw, fit_order, pareto_front, plan, plan_peers, sweep_problem
+from scoresde.bench import SweepSettings, draw, pareto_front, plan, plan_peers, sweep_problem
 from scoresde.bench import peers as peers_mod
-from scoresde.bench.metrics import available, build_targets
 from scoresde.bench.problems import network_problem
 from scoresde.bench.problems import testbed_problem as make_problem
+from scoresde.bench.targets import available, build_targets
 from scoresde.cli.bench import bench
+from scoresde.cli.benchmark import parse_entries, register_all_solvers
 from scoresde.cli.common import CONFIG_DIR
-from scoresde.cli.compare import parse_entries
 from scoresde.cli.train import train
+from scoresde.evaluation import fit_order
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 GAUSS = sd.get_testbed("gaussian", dim=2, std=0.5)
@@ -185,3 +190,38 @@ def test_the_app_benchmarks_a_trained_checkpoint(tmp_path):
         bench(compose_cfg("bench", [f"out_dir={tmp_path}", "problem=checkpoint", f"ckpt={run}", "sdes=[ve]"]))
     with pytest.raises(ValueError, match="problem must be one of"):
         bench(compose_cfg("bench", [f"out_dir={tmp_path}", "problem=model", "peers=[]", "kdiffusion=[]"]))
+
+
+@pytest.mark.parametrize("name", ["bench", "compare"])
+def test_the_default_solver_list_is_the_registry(name):
+    """Neither app keeps a solver list: the default is ``solver/all``, built from ``scoresde.SOLVERS``."""
+    cfg = compose_cfg(name, [])
+    assert sorted(e.name for e in cfg.solvers.values()) == sorted(sd.SOLVERS)
+    assert "all" in str(OmegaConf.load(Path(CONFIG_DIR, "bench.yaml")).defaults)
+
+
+def test_a_new_solver_without_a_config_is_swept_by_default(monkeypatch):
+    """A solver registered with no configs/solver/<name>.yaml joins the default list with its default options."""
+    monkeypatch.setitem(sd.SOLVERS, "zz_new", sd.SOLVERS["euler_maruyama"])
+    try:
+        entries = register_all_solvers()
+        assert entries["zz_new"] == {"name": "zz_new", "grid": "uniform", "options": {}}
+        cfg = compose_cfg("compare", [])
+        assert sorted(cfg.solvers) == sorted(sd.SOLVERS)
+        (entry,) = [e for e in parse_entries(cfg.solvers, (4,)) if e.name == "zz_new"]
+        assert entry.grid == "uniform" and entry.budgets == (4,)
+    finally:
+        monkeypatch.undo()
+        register_all_solvers()
+
+
+def test_no_app_imports_another_app():
+    """An app is a cli module with a console ``main``; apps import library code and the cli helpers only."""
+    cli = Path(CONFIG_DIR).parent / "scoresde" / "cli"
+    apps = {p.stem for p in cli.glob("*.py") if re.search(r"^main\b|^def main\b", p.read_text(), re.M)}
+    assert {"bench", "compare"} <= apps
+    for stem in apps:
+        tree = ast.parse((cli / f"{stem}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m.rpartition(".")[2] for m in imported if m.startswith("scoresde.cli.")} & apps, stem

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import scoresde as sd
-import scoresde.evaluation.distances as dist
+import scoresde.evaluation.metrics as dist
 from scoresde.data import FASHION_MNIST_ROOT, load_digits, load_fashion_mnist, read_idx
-from scoresde.evaluation.distances import (
+from scoresde.evaluation.features import feature_extractor, load_classifier, weights_path
+from scoresde.evaluation.metrics import (
     chi_radius,
     frechet_distance,
     frechet_distance_from_features,
@@ -23,7 +24,6 @@ from scoresde.evaluation.distances import (
     precision_recall,
     replication_score,
 )
-from scoresde.evaluation.features import feature_extractor, load_classifier, weights_path
 
 FASHION_PRESENT = Path(FASHION_MNIST_ROOT, "t10k-images-idx3-ubyte.gz").is_file()
 

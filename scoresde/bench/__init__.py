@@ -2,19 +2,24 @@
 and trained networks, peers (diffusers, k-diffusion) on the same denoiser, tables, JSON and figures.
 
     problems  Problem, testbed_problem, network_problem, dataset_sampler
-    sweep     SweepSettings, draw (the per-seed sampling of one run), plan, sweep_problem
-    metrics   build_targets, quality (sliced W2, MMD, exact NLL, Fréchet distance in classifier features)
+    planning  SweepSettings, Entry, Run, plan_runs (budget → steps), stream_seeds, reference_solution
+    sweep     draw (the sampling of one run), plan, sweep_problem
+    targets   build_targets, quality (what runs are scored against; the metrics are scoresde.evaluation.metrics)
     peers     plan_peers, PeerRun (diffusers' schedulers, k-diffusion's samplers)
-    report    orders (fitted vs declared order), peer_comparison, markdown, dumps
-    plots     plot_result, pareto_front
-"""
-from scoresde.bench.metrics import Targets, build_targets, quality
-from scoresde.bench.peers import PeerRun, plan_peers
-from scoresde.bench.plots import pareto_front, plot_result
-from scoresde.bench.problems import Problem, dataset_sampler, network_problem, testbed_problem
-from scoresde.bench.report import dumps, fit_order, markdown, orders, peer_comparison
-from scoresde.bench.sweep import SweepSettings, draw, plan, sweep_problem
+    report    orders (fitted vs declared order), peer_comparison, markdown, dumps; compare_results, compare_table
+    plots     plot_result, pareto_front, plot_compare
 
-__all__ = ["Problem", "testbed_problem", "network_problem", "dataset_sampler", "SweepSettings", "draw", "plan",
-           "sweep_problem", "Targets", "build_targets", "quality", "PeerRun", "plan_peers", "orders", "fit_order",
-           "peer_comparison", "markdown", "dumps", "plot_result", "pareto_front"]
+``scoresde-bench`` and its preset ``scoresde-compare`` are the one app that drives it (:mod:`scoresde.cli.benchmark`).
+"""
+from scoresde.bench.peers import PeerRun, plan_peers
+from scoresde.bench.planning import Entry, Run, SweepSettings, plan_runs, stream_seeds
+from scoresde.bench.plots import pareto_front, plot_compare, plot_result
+from scoresde.bench.problems import Problem, dataset_sampler, network_problem, testbed_problem
+from scoresde.bench.report import compare_results, compare_table, dumps, markdown, orders, peer_comparison
+from scoresde.bench.sweep import draw, plan, sweep_problem
+from scoresde.bench.targets import Targets, build_targets, quality
+
+__all__ = ["Problem", "testbed_problem", "network_problem", "dataset_sampler", "SweepSettings", "Entry", "Run",
+           "plan_runs", "stream_seeds", "draw", "plan", "sweep_problem", "Targets", "build_targets", "quality",
+           "PeerRun", "plan_peers", "orders", "peer_comparison", "markdown", "dumps", "compare_results",
+           "compare_table", "plot_result", "plot_compare", "pareto_front"]

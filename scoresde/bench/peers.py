@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scoresde.bench.metrics import Targets
+from scoresde.bench.planning import SweepSettings
 from scoresde.bench.problems import Problem, noise_seed
-from scoresde.bench.sweep import References, SweepSettings, chunks, score_samples, sync
+from scoresde.bench.sweep import References, chunks, score_samples, start_noise, sync
+from scoresde.bench.targets import Targets
 
 # method: (scheduler class, its options, stochastic, order)
 DIFFUSERS: dict[str, tuple[str, dict[str, Any], bool, float]] = {
@@ -138,12 +139,14 @@ class PeerRun:
     make: Factory
 
     def draw(self, problem: Problem, seeds: Sequence[int], settings: SweepSettings) -> tuple[Tensor, int, float]:
-        """Like :func:`scoresde.bench.sweep.draw`: the same x_T per seed, chunked by ``batch_size``."""
+        """Like :func:`scoresde.bench.sweep.draw`: the same x_T (:func:`~scoresde.bench.sweep.start_noise`),
+        chunked by ``batch_size``."""
         sampler = self.make(problem, self.steps)
         outs, nfes, seconds = [], [], 0.0
+        x_all, size = start_noise(problem, seeds, settings), settings.batch_size or len(seeds)
         with torch.no_grad():
-            for part in chunks(seeds, settings.batch_size):
-                x_T = problem.prior(part)
+            for i, part in enumerate(chunks(seeds, size)):
+                x_T = x_all[i * size:(i + 1) * size]
                 problem.model.reset_nfe()
                 sync(problem.device)
                 tick = time.perf_counter()

@@ -1,13 +1,13 @@
-"""Planning and running sampler comparisons: run-wide settings, solver entries, one run per NFE budget (the step
-count whose *declared* NFE is closest), independent seeds per random stream, and the float64 reference ODE.
+"""Planning a benchmark sweep: run-wide settings, solver entries, one run per NFE budget (the step count whose
+*declared* NFE is closest) or per tolerance, independent seeds per random stream, and the float64 reference ODE.
 
-Shared by ``scoresde-compare`` (:mod:`scoresde.cli.compare`) and the benchmark suite (:mod:`scoresde.bench`);
-reading a config into these objects is the apps' job.
+Reading a config into these objects is the job of the benchmark app (``scoresde-bench`` and its preset
+``scoresde-compare``, :mod:`scoresde.cli.benchmark`).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,25 +15,68 @@ import torch
 from torch import Tensor
 
 import scoresde
+from scoresde.distributed import DistContext
 
 NOISE_MODES = ("generator", "per_sample")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """The run-wide knobs of a comparison (``compare.yaml``): budgets, batch, seeds, noise mode, grid and
-    reference settings."""
+class SweepSettings:
+    """Run-wide knobs of a sweep.
 
-    budgets: tuple[int, ...]
-    batch: int
-    seed: int
-    noise: str
-    denoise: bool
-    rho: float
-    n_data: int
-    n_projections: int
-    reference: dict[str, Any]
-    progress: bool
+    Attributes:
+        budgets: NFE budgets; each becomes the step count whose declared NFE is closest.
+        grids: time grids every solver entry runs on (None: each entry's own grid).
+        n_samples: samples per run; they use seeds ``seed, seed + 1, …``.
+        batch_size: samples per ``sample`` call (None: all at once); results do not depend on it.
+        reference: options of the reference ODE (float64 ``scoresde.sample(..., "ode")``).
+        metrics: which of rmse, sw, mmd, nll, fd to compute (where the problem allows).
+        dist: a torchrun process group (:func:`scoresde.distributed.init_distributed`): each run's seed batches
+            are split across the ranks and all-gathered, so every rank holds the samples one process would
+            draw and computes the same metrics (only rank 0 writes). None or a single process: no sharding.
+        noise: ``per_sample`` (sample i's x_T and solver noise from generators of its own seed: results do not
+            depend on ``batch_size`` or the number of processes) or ``generator`` (one x_T draw for the whole seed
+            list and one noise generator per run, from :func:`stream_seeds`: ~10× faster for stochastic solvers on
+            small batches, one process only).
+        floor_draws: exact sample sets each metric's floor averages over.
+    """
+
+    budgets: tuple[int, ...] = (10, 20, 50)
+    grids: tuple[str, ...] | None = None
+    n_samples: int = 500
+    seed: int = 0
+    batch_size: int | None = None
+    denoise: bool = True
+    rho: float = 7.0
+    n_data: int = 5000
+    n_projections: int = 128
+    reference: dict[str, Any] = field(default_factory=lambda: {"method": "dopri5", "rtol": 1e-7, "atol": 1e-7})
+    metrics: tuple[str, ...] = ("rmse", "sw", "mmd", "nll", "fd")
+    progress: bool = True
+    dist: DistContext | None = None  # under torchrun: shard every run's seed batches across the ranks
+    noise: str = "per_sample"
+    floor_draws: int = 4
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 2:
+            raise ValueError(f"n_samples must be >= 2 (the metrics compare sample sets), got {self.n_samples}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {self.batch_size}")
+        if not self.budgets or not all(isinstance(b, int) and b >= 1 for b in self.budgets):
+            raise ValueError(f"budgets must be a non-empty list of positive integers, got {self.budgets!r}")
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
+        if self.floor_draws < 2:
+            raise ValueError(f"floor_draws must be >= 2 (the floors report a spread), got {self.floor_draws}")
+        if self.grids is not None:
+            bad = [g for g in self.grids if g not in scoresde.GRIDS]
+            if bad or not self.grids:
+                raise ValueError(f"unknown grids {bad or self.grids!r}; known: {', '.join(scoresde.GRIDS)}")
+
+    @property
+    def seeds(self) -> list[int]:
+        """The per-sample seeds of every run."""
+        return list(range(self.seed, self.seed + self.n_samples))
 
 
 @dataclass(frozen=True)
@@ -69,7 +112,7 @@ class Run:
 
 
 def steps_for_budget(solver: scoresde.Solver, sde: scoresde.SDE, kind: str, budget: int,
-                     settings: Settings) -> tuple[int, scoresde.TimeGrid]:
+                     settings: SweepSettings) -> tuple[int, scoresde.TimeGrid]:
     """The step count whose declared NFE on the ``kind`` grid is closest to ``budget`` (ties: the cheaper)."""
     def grid(steps: int) -> scoresde.TimeGrid:
         return scoresde.make_grid(sde, steps, kind, rho=settings.rho, denoise=settings.denoise)
@@ -87,7 +130,7 @@ def steps_for_budget(solver: scoresde.Solver, sde: scoresde.SDE, kind: str, budg
     return best, grid(best)
 
 
-def plan_runs(entry: Entry, sde: scoresde.SDE, settings: Settings) -> list[Run]:
+def plan_runs(entry: Entry, sde: scoresde.SDE, settings: SweepSettings) -> list[Run]:
     """Build the entry's solver(s) (raising the registry's errors at once) and one run per budget or tolerance."""
     if entry.tolerances is not None:
         runs = []
@@ -124,17 +167,8 @@ def stream_seeds(seed: int) -> dict[str, int]:
     return dict(zip(keys, (int(s) for s in np.random.SeedSequence(seed).generate_state(len(keys)))))
 
 
-def noise_kwargs(settings: Settings) -> dict[str, Any]:
-    """Arguments of ``scoresde.sample`` for the solver noise: a fresh seeded source per run, so a run does not
-    depend on the runs before it (``per_sample``: sample i gets seed noise + i)."""
-    seed = stream_seeds(settings.seed)["noise"]
-    if settings.noise == "per_sample":
-        return {"seed": seed}
-    return {"seed": None, "generator": torch.Generator().manual_seed(seed)}
-
-
 def reference_solution(model: scoresde.ScoreModel, x_T: Tensor, end: tuple[float, bool],
-                       settings: Settings) -> tuple[Tensor, dict[str, Any]]:
+                       settings: SweepSettings) -> tuple[Tensor, dict[str, Any]]:
     """Probability-flow ODE in float64 with a tight adaptive solver from ``x_T`` down to ``end``."""
     t_end, to_data = end
     model.reset_nfe()
@@ -145,11 +179,3 @@ def reference_solution(model: scoresde.ScoreModel, x_T: Tensor, end: tuple[float
             "time_s": time.perf_counter() - start}
     return x, info
 
-
-def execute(run: Run, model: scoresde.ScoreModel, x_T: Tensor, settings: Settings) -> tuple[Tensor, int, float]:
-    """One timed ``scoresde.sample`` call; returns the samples, the measured NFE and the seconds taken."""
-    model.reset_nfe()
-    start = time.perf_counter()
-    x = scoresde.sample(model, run.entry.name, run.steps, x_T=x_T, grid=run.entry.grid, rho=settings.rho,
-                        denoise=settings.denoise, **noise_kwargs(settings), **run.options)
-    return x, model.nfe, time.perf_counter() - start

@@ -6,7 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from scoresde.bench.report import fit_order, ok, primary_metric, series_key, series_name
+from scoresde.bench.report import ok, primary_metric, series_key, series_name
+from scoresde.evaluation.metrics import fit_order
 
 Row = dict[str, Any]
 
@@ -75,3 +76,35 @@ def plot_result(result: dict[str, Any], path: Path, metric: str = "auto") -> Pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_compare(results: dict[str, Any], path: Path) -> None:
+    """``scoresde-compare``'s figure of :func:`scoresde.bench.report.compare_results`: sliced W2 vs measured NFE
+    (every solver) and RMSE vs NFE (deterministic ones), log-log."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.8))
+    FigureCanvasAgg(fig)
+    ax_sw, ax_rmse = fig.subplots(1, 2)
+    rows = [r for r in results["rows"] if r["error"] is None]
+    for label in dict.fromkeys(r["label"] for r in rows):
+        mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["nfe"])
+        style = "--" if mine[0]["stochastic"] else "-"
+        (line,) = ax_sw.plot([r["nfe"] for r in mine], [r["sw"] for r in mine], style, marker="o", label=label)
+        if not mine[0]["stochastic"]:
+            ax_rmse.plot([r["nfe"] for r in mine], [r["rmse"] for r in mine], style, marker="o", label=label,
+                         color=line.get_color())
+    ax_sw.axhline(results["sw_floor"], color="gray", ls=":", label="data vs data (±1 std)")
+    ax_sw.axhspan(results["sw_floor"] - results["sw_floor_std"], results["sw_floor"] + results["sw_floor_std"],
+                  color="gray", alpha=0.15)
+    ax_sw.set(xscale="log", yscale="log", xlabel="NFE (measured)", ylabel="sliced W2 to data",
+              title="sample quality (dashed: stochastic)")
+    ax_rmse.set(xscale="log", yscale="log", xlabel="NFE (measured)", ylabel="RMSE to reference ODE solution",
+                title="deterministic solvers: error vs reference")
+    ax_sw.legend(fontsize=8)
+    if ax_rmse.lines:
+        ax_rmse.legend(fontsize=8)
+    fig.suptitle(f"{results['testbed']} / {results['sde']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -2,7 +2,10 @@
 
 The measured order of a deterministic solver is the negative slope of log RMSE (to the reference ODE solution
 from the same x_T) against log NFE, fitted by least squares over its budgets (as diffrax's tests do), shown
-beside the order the solver declares.
+beside the order the solver declares (:func:`scoresde.evaluation.fit_order`, the project's one order fit).
+
+``scoresde-compare`` (the bench preset with ``report=compare``) shows one problem as a fixed-width text table and
+``results.json`` (:func:`compare_results`, :func:`compare_table`).
 """
 from __future__ import annotations
 
@@ -12,9 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
-from scoresde.bench.metrics import QUALITY
+from scoresde.bench.targets import QUALITY
+from scoresde.evaluation.metrics import fit_order
 
 SERIES = ("problem", "sde", "source", "label", "grid")
 Row = dict[str, Any]
@@ -31,15 +33,6 @@ def series_name(row: Row) -> str:
 
 def ok(rows: Iterable[Row]) -> list[Row]:
     return [r for r in rows if r["error"] is None]
-
-
-def fit_order(nfe: Iterable[float], err: Iterable[float]) -> float | None:
-    """−slope of log err against log NFE (least squares), or None with fewer than two usable points."""
-    pts = [(math.log(n), math.log(e)) for n, e in zip(nfe, err) if n and e and e > 0 and math.isfinite(e)]
-    if len({p[0] for p in pts}) < 2:
-        return None
-    x, y = np.array(pts).T
-    return float(-np.polyfit(x, y, 1)[0])
 
 
 def orders(rows: list[Row]) -> list[dict[str, Any]]:
@@ -160,3 +153,42 @@ def jsonable(value: Any) -> Any:
 
 def dumps(payload: dict[str, Any]) -> str:
     return json.dumps(jsonable(payload), indent=2, allow_nan=False)
+
+
+COMPARE_ROW = ("label", "solver", "grid", "options", "budget", "tol", "steps", "declared_nfe", "stochastic", "nfe",
+               "time_s", "rmse", "sw", "error")
+
+
+def compare_results(result: dict[str, Any], n_data: int, floor_draws: int) -> dict[str, Any]:
+    """One problem's sweep in ``scoresde-compare``'s ``results.json`` form: its rows (solver, budget, steps, NFE,
+    time, RMSE to the reference, sliced W2), the SW2 floor and the reference solutions."""
+    if "sw" not in result["metrics"]:
+        raise ValueError(f"the compare report shows sliced W2 (metrics with sw); {result['problem']} has none")
+    return {"testbed": result["problem"], "sde": result["sde"], "batch": result["n_samples"], "n_data": n_data,
+            "noise": result["noise"], "seeds": result["seeds"], "sw_floor": result["floors"]["sw"],
+            "sw_floor_std": result["floors_std"]["sw"], "floor_draws": floor_draws,
+            "sw_reference": [info.get("sw") for info in result["reference"]], "reference": result["reference"],
+            "rows": [{k: r[k] for k in COMPARE_ROW} for r in result["rows"]]}
+
+
+def compare_table(results: dict[str, Any]) -> str:
+    """:func:`compare_results` as a fixed-width text table, with the reference and the sliced W2 floor below."""
+    head = ("solver", "grid", "steps", "NFE", "time [s]", "RMSE", "SW2")
+    lines = []
+    for r in results["rows"]:
+        steps = f"rtol={r['tol']:.0e}" if r["tol"] is not None else str(r["steps"])
+        if r["error"] is not None:
+            lines.append((r["label"], r["grid"], steps, "-", "-", "failed", "non-finite"))
+            continue
+        lines.append((r["label"], r["grid"], steps, str(r["nfe"]), _fmt(r["time_s"], ".3f"), _fmt(r["rmse"], ".2e"),
+                      _fmt(r["sw"], ".4f")))
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    text = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*line) for line in lines]
+    for info, sw in zip(results["reference"], results["sw_reference"]):
+        text.append(f"reference: ode {info['method']} rtol={info['rtol']:.0e} atol={info['atol']:.0e} float64 to "
+                    f"t={info['t_end']:.3g}: NFE {info['nfe']}, {info['time_s']:.2f} s, SW2 {_fmt(sw, '.4f')}")
+    text.append(f"SW2 floor (exact data vs exact data, {results['batch']} vs {results['n_data']} samples, "
+                f"mean ± std of {results['floor_draws']} draws): {results['sw_floor']:.4f} ± "
+                f"{results['sw_floor_std']:.4f}")
+    return "\n".join(text)

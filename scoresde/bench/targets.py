@@ -1,4 +1,5 @@
-"""Sample-quality metrics of one benchmark run, against a fixed set of data samples.
+"""What every run of a benchmark problem is scored against: fixed data samples (and their features), fixed
+projections, and each metric's floor. The metric functions themselves live in :mod:`scoresde.evaluation.metrics`.
 
 - ``sw``: sliced Wasserstein-2 (:func:`scoresde.evaluation.sliced_wasserstein`) to data samples, with
   fixed projections (same directions for every run);
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scoresde.bench.planning import stream_seeds
 from scoresde.bench.problems import Problem
-from scoresde.evaluation import frechet_distance_from_features, mmd, rmse, sliced_wasserstein
+from scoresde.evaluation.metrics import frechet_distance_from_features, mmd, rmse, sliced_wasserstein
 
 QUALITY = ("sw", "mmd", "nll", "fd")
 METRICS = ("rmse", *QUALITY)
@@ -57,21 +59,22 @@ def available(problem: Problem, metrics: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def build_targets(problem: Problem, metrics: tuple[str, ...], n_data: int, n_samples: int, seed: int,
-                  n_projections: int = 128) -> Targets:
-    """Draw the data samples (seeded by ``seed``) and measure each metric's floor (mean and std over
-    ``FLOOR_DRAWS`` sets of ``n_samples`` exact/real samples drawn independently of them)."""
-    metrics = available(problem, metrics)
-    data = problem.data(n_data, _gen(seed)).float().cpu() if problem.data is not None else None
+                  n_projections: int = 128, floor_draws: int = FLOOR_DRAWS) -> Targets:
+    """Draw the data samples and measure each metric's floor (mean and std over ``floor_draws`` sets of
+    ``n_samples`` exact/real samples drawn independently of them). The data, the floor sets and the projections
+    each have their own stream of :func:`~scoresde.bench.planning.stream_seeds` of ``seed``."""
+    metrics, seeds = available(problem, metrics), stream_seeds(seed)
+    data = problem.data(n_data, _gen(seeds["data"])).float().cpu() if problem.data is not None else None
     feats = problem.features(data) if data is not None and "fd" in metrics else None
-    targets = Targets(data, feats, seed + 1, n_projections, metrics)
+    targets = Targets(data, feats, seeds["projections"], n_projections, metrics)
     if data is not None:
-        draws = [quality(problem.data(n_samples, _gen(seed + 2 + k)).float().cpu(), problem, targets)
-                 for k in range(FLOOR_DRAWS)]
+        draws = [quality(problem.data(n_samples, _gen(seeds["floor"] + k)).float().cpu(), problem, targets)
+                 for k in range(floor_draws)]
         for m in QUALITY:
             values = [d[m] for d in draws if d[m] is not None]
             if values:
                 targets.floors[m] = float(np.mean(values))
-                targets.floors_std[m] = float(np.std(values, ddof=1))
+                targets.floors_std[m] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return targets
 
 

@@ -1,0 +1,409 @@
+"""The benchmark app's task, shared by ``scoresde-bench`` (``configs/bench.yaml``) and its preset
+``scoresde-compare`` (``configs/compare.yaml``, which extends bench.yaml): reads the config into the library's
+objects (:mod:`scoresde.bench`), runs the sweep and writes the report. Not an app itself: the two console entries
+(:mod:`scoresde.cli.bench`, :mod:`scoresde.cli.compare`) are ``console(<app>, <config>)``.
+
+The default solver list is every registered solver: :func:`register_all_solvers` stores the config-group option
+``solver/all`` (each solver's ``configs/solver/<name>.yaml`` entry where it has one, else its name, the uniform grid
+and its default options), built from ``scoresde.SOLVERS`` when this module is imported, so a new solver is swept
+with no edit to any list.
+
+Every wrong input is a :class:`~scoresde.errors.ConfigError` (or UnknownNameError) naming its key, found before any
+sampling starts; the console entry prints it as one line (:func:`scoresde.cli.common.app_main`).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import scoresde
+from scoresde.bench import (
+    SweepSettings,
+    compare_results,
+    compare_table,
+    dumps,
+    markdown,
+    plan_peers,
+    plot_compare,
+    plot_result,
+    sweep_problem,
+)
+from scoresde.bench.planning import NOISE_MODES, Entry
+from scoresde.bench.problems import Problem, dataset_sampler, network_problem, testbed_problem
+from scoresde.bench.targets import METRICS
+from scoresde.cli.common import (
+    CONFIG_DIR,
+    app_main,
+    bool_option,
+    float_option,
+    int_option,
+    named,
+    one_line,
+    output_dir,
+    plain,
+    torch_threads,
+)
+from scoresde.data.from_config import load_data_config
+from scoresde.distributed import DistContext, init_distributed, resolve_device, shutdown
+from scoresde.errors import ConfigError, UnknownNameError, UserError
+from scoresde.models.loader import load_model
+
+PROBLEMS = ("testbed", "checkpoint")
+REPORTS = ("bench", "compare")
+ENTRY_KEYS = ("name", "grid", "options", "budgets", "tolerances")
+
+
+def register_all_solvers() -> dict[str, Any]:
+    """Store the config-group option ``solver/all`` (package ``solvers``): one entry per registered solver, from
+    its ``configs/solver/<name>.yaml`` where it has one, else ``{name, grid: uniform, options: {}}``."""
+    from hydra.core.config_store import ConfigStore
+
+    entries = {}
+    for name in sorted(scoresde.SOLVERS):
+        path = Path(CONFIG_DIR, "solver", f"{name}.yaml")
+        node = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+        entries[name] = node.get(name) if isinstance(node, dict) and isinstance(node.get(name), dict) \
+            else {"name": name, "grid": "uniform", "options": {}}
+    ConfigStore.instance().store(group="solver", name="all", node=entries, package="solvers")
+    return entries
+
+
+def budget_list(value: Any, key: str) -> tuple[int, ...]:
+    """NFE budgets: a non-empty list of integers >= 1; a ConfigError naming ``key`` otherwise."""
+    value = plain(value)
+    if not isinstance(value, list | tuple) or not value \
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in value):
+        raise ConfigError(f"{key} must be a non-empty list of integers >= 1 (NFE budgets), got {key}={value!r}")
+    return tuple(value)
+
+
+def solver_signature(name: str) -> str:
+    """The options the registered solver ``name`` takes, as ``a=default, b=default`` (its constructor's signature)."""
+    params = inspect.signature(scoresde.SOLVERS[name]).parameters.values()
+    shown = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in params
+             if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    return ", ".join(shown) or "no options"
+
+
+def check_entry(entry: Entry, key: str) -> None:
+    """Build the entry's solver once, so that an unknown name, an option it does not take or a bad value is a
+    ConfigError naming ``key`` (and, for options, listing the solver's own) before any work starts."""
+    try:
+        scoresde.get_solver(entry.name, **entry.options)
+    except TypeError as err:
+        raise ConfigError(f"{key}.options: {err}; solver {entry.name!r} takes: {solver_signature(entry.name)}") \
+            from None
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{key}.name: {err}") from None
+    except ValueError as err:
+        raise ConfigError(f"{key}.options: {err}") from None
+    try:
+        scoresde.make_grid(scoresde.VPSDE(), 2, entry.grid)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{key}.grid: {err}") from None
+
+
+def parse_entries(node: Any, default_budgets: tuple[int, ...], options: Any = None) -> list[Entry]:
+    """The ``solvers`` config (a mapping label → entry, or a list of entries) as :class:`Entry` objects, each
+    checked by building its solver; ``options`` (the top-level ``options``) are merged into every entry's."""
+    node, options = plain(node), plain(options) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"options must be a mapping of solver options (options.X=...), got options={options!r}")
+    if isinstance(node, dict):
+        items = list(node.items())
+    elif isinstance(node, list):
+        items = [(e.get("name") if isinstance(e, dict) else None, e) for e in node]
+    else:
+        raise ConfigError("no solvers chosen: select some with solver=[heun,ode] or give solvers entries")
+    if not items:
+        raise ConfigError("no solvers chosen: select some with solver=[heun,ode] or give solvers entries")
+    entries, seen = [], set()
+    for label, e in items:
+        if not isinstance(e, dict) or "name" not in e:
+            raise ConfigError(f"solvers entry {label!r} must be a mapping with at least a name, got {e!r}")
+        unknown = set(e) - set(ENTRY_KEYS)
+        if unknown:
+            raise ConfigError(f"solvers.{label}: unknown keys {sorted(unknown)}; allowed: {', '.join(ENTRY_KEYS)}")
+        label = base = str(label)
+        k = 2
+        while label in seen:
+            label, k = f"{base}#{k}", k + 1
+        seen.add(label)
+        tols = e.get("tolerances")
+        if tols is not None and (not isinstance(tols, list) or not tols or not all(
+                isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in tols)):
+            raise ConfigError(f"solvers.{label}.tolerances must be a non-empty list of positive numbers, got {tols!r}")
+        budgets = budget_list(e["budgets"], f"solvers.{label}.budgets") if e.get("budgets") is not None \
+            else default_budgets
+        entry_options = e.get("options") or {}
+        if not isinstance(entry_options, dict):
+            raise ConfigError(f"solvers.{label}.options must be a mapping, got {entry_options!r}")
+        entry = Entry(label, str(e["name"]), str(e.get("grid") or "uniform"), {**entry_options, **options},
+                      budgets, tuple(float(t) for t in tols) if tols is not None else None)
+        check_entry(entry, f"solvers.{label}")
+        entries.append(entry)
+    return entries
+
+
+def settings_from(cfg: DictConfig) -> SweepSettings:
+    """The sweep's knobs from the config, validated; every error names its key."""
+    grids = plain(cfg.get("grids"))
+    if grids is not None and (not isinstance(grids, list) or not grids
+                              or any(not isinstance(g, str) or g not in scoresde.GRIDS for g in grids)):
+        raise UnknownNameError(f"grids must be a non-empty list of known grids ({', '.join(scoresde.GRIDS)}) or "
+                               f"null, got grids={grids!r}")
+    metrics = plain(cfg.get("metrics"))
+    if not isinstance(metrics, list) or not metrics or any(m not in METRICS for m in metrics):
+        raise UnknownNameError(f"metrics must be a non-empty list of {', '.join(METRICS)}, got metrics={metrics!r}")
+    metric = str(cfg.get("metric", "auto"))
+    if metric not in ("auto", *METRICS):
+        raise UnknownNameError(f"metric must be auto or one of {', '.join(METRICS)}, got metric={metric!r}")
+    noise = str(cfg.get("noise", "per_sample"))
+    if noise not in NOISE_MODES:
+        raise UnknownNameError(f"noise must be one of {', '.join(NOISE_MODES)}, got noise={noise!r}")
+    if "batch" in cfg:  # scoresde-compare's name for the samples per run (n_samples: ${batch})
+        int_option(cfg, "batch", minimum=2)
+    batch_size = None if cfg.get("batch_size") is None else int_option(cfg, "batch_size", minimum=1)
+    return SweepSettings(
+        budgets=budget_list(cfg.get("budgets"), "budgets"), grids=tuple(grids) if grids else None,
+        n_samples=int_option(cfg, "n_samples", minimum=2), seed=int_option(cfg, "seed", 0, minimum=0),
+        batch_size=batch_size, denoise=bool_option(cfg, "denoise", True),
+        rho=float_option(cfg, "rho", 7.0, minimum=0.0, open_below=True), n_data=int_option(cfg, "n_data", minimum=1),
+        n_projections=int_option(cfg, "n_projections", minimum=1), reference=reference_options(cfg),
+        metrics=tuple(metrics), progress=bool_option(cfg, "progress", True), noise=noise,
+        floor_draws=int_option(cfg, "floor_draws", 4, minimum=2))
+
+
+def reference_options(cfg: DictConfig) -> dict[str, Any]:
+    """``reference``: the float64 reference ODE's method and (positive) tolerances."""
+    ref = {"method": "dopri5", "rtol": 1e-7, "atol": 1e-7, **(plain(cfg.get("reference")) or {})}
+    unknown = set(ref) - {"method", "rtol", "atol"}
+    if unknown:
+        raise ConfigError(f"reference: unknown keys {sorted(unknown)}; allowed: method, rtol, atol")
+    for key in ("rtol", "atol"):
+        ref[key] = float_option({"reference": ref}, f"reference.{key}", minimum=0.0, open_below=True)
+    try:
+        scoresde.get_solver("ode", method=str(ref["method"]))
+    except ValueError as err:
+        raise ConfigError(f"reference.method: {err}") from None
+    return ref
+
+
+def make_sde(node: Any, key: str = "sde") -> scoresde.SDE:
+    """An SDE from its config mapping; a wrong parameter is a ConfigError naming ``key``."""
+    spec = named(node, key) if key == "sde" else node
+    try:
+        return scoresde.get_sde(**spec)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{key}.name: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def make_testbed(node: Any) -> scoresde.GaussianMixture:
+    """The testbed of the ``testbed`` config; a wrong parameter is a ConfigError naming the key."""
+    spec = named(node, "testbed")
+    try:
+        return scoresde.get_testbed(**spec)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"testbed.name: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"testbed: {err}") from None
+
+
+def make_out_dir(cfg: DictConfig) -> Path:
+    """The output directory, created now (before any work), or a ConfigError naming ``out_dir``."""
+    out = output_dir(cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"out_dir: cannot create {out}: {err.strerror or err}") from None
+    return out
+
+
+def sde_list(cfg: DictConfig) -> list[scoresde.SDE]:
+    """``sdes`` (names or mappings) if given, else the ``sde`` group's choice."""
+    names = plain(cfg.get("sdes"))
+    if not names:
+        return [make_sde(cfg.get("sde"))]
+    if not isinstance(names, list):
+        raise ConfigError(f"sdes must be a list of SDE names or mappings, got sdes={names!r}")
+    return [make_sde(n if isinstance(n, dict) else {"name": str(n)}, f"sdes[{i}]") for i, n in enumerate(names)]
+
+
+def checkpoint_data(train_cfg: dict[str, Any]) -> Any:
+    """Real samples of the checkpoint's training data (None for an image dataset that is not installed)."""
+    try:
+        return dataset_sampler(load_data_config(train_cfg["data"], seed=12345)[0].float())
+    except (FileNotFoundError, KeyError, TypeError, ValueError):  # not installed, or no data config stored
+        return None
+
+
+def problem_kind(cfg: DictConfig) -> str:
+    """``problem`` (testbed or checkpoint), checked with the settings it needs."""
+    kind = str(cfg.get("problem", "testbed"))
+    if kind not in PROBLEMS:
+        raise UnknownNameError(f"problem must be one of {', '.join(PROBLEMS)}, got problem={kind!r}")
+    if kind == "checkpoint" and plain(cfg.get("sdes")):
+        raise ConfigError("sdes= applies to testbeds; a checkpoint's SDE is the one it was trained with")
+    if kind == "checkpoint" and not cfg.get("ckpt"):
+        raise ConfigError("problem=checkpoint needs ckpt=<a checkpoint file, its folder or the run dir>")
+    return kind
+
+
+def build_problems(cfg: DictConfig, device: torch.device) -> list[Problem]:
+    """The testbed under each SDE of the config, or the checkpoint's network."""
+    kind = problem_kind(cfg)
+    if kind == "testbed":
+        testbed = make_testbed(cfg.get("testbed"))
+        return [testbed_problem(testbed, sde, device) for sde in sde_list(cfg)]
+    try:
+        loaded = load_model(str(cfg.get("ckpt")), bool_option(cfg, "ema", True))
+    except (OSError, UserError) as err:
+        raise ConfigError(f"ckpt={cfg.get('ckpt')}: {one_line(err)}") from None
+    train_cfg = loaded.training_config
+    name = f"{(train_cfg.get('data') or {}).get('name', 'model')}@step{loaded.step}"
+    return [network_problem(loaded.model, loaded.sde, loaded.shape, name, checkpoint_data(train_cfg), device)]
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What the timings were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def check_config(cfg: DictConfig) -> tuple[SweepSettings, list[Entry], str]:
+    """Every setting of the config, validated before any work (and before a process group is joined): the
+    sweep's settings, the solver entries and the report."""
+    settings = settings_from(cfg)
+    try:
+        resolve_device(cfg.get("device", "auto"))
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(str(err)) from None
+    float_option(cfg, "dist_timeout_s", 1800, minimum=0.0, open_below=True)
+    entries = parse_entries(cfg.get("solvers"), settings.budgets, cfg.get("options"))
+    for key in ("peers", "kdiffusion"):
+        methods = plain(cfg.get(key)) or []
+        if not isinstance(methods, list):
+            raise ConfigError(f"{key} must be a list of method names, got {key}={methods!r}")
+        try:
+            plan_peers(*((methods, []) if key == "peers" else ([], methods)), settings.budgets)
+        except ValueError as err:
+            raise UnknownNameError(f"{key}: {err}") from None
+    kind = problem_kind(cfg)
+    bool_option(cfg, "ema", True)
+    report = str(cfg.get("report", "bench"))
+    if report not in REPORTS:
+        raise UnknownNameError(f"report must be one of {', '.join(REPORTS)}, got report={report!r}")
+    if report == "compare" and ("sw" not in settings.metrics or kind != "testbed" or len(plain(cfg.get("sdes"))
+                                                                                         or [None]) > 1):
+        raise ConfigError("report=compare shows one testbed under one SDE with metrics including sw; use "
+                          "report=bench (scoresde-bench) for checkpoints, several SDEs or other metrics")
+    return settings, entries, report
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the sweep the config describes; print the tables and write the report (``report=bench``: bench.json,
+    bench.md and one figure per problem; ``report=compare``: results.json and compare.png). Under torchrun every
+    rank sweeps with sharded sampling and rank 0 writes."""
+    settings, entries, report = check_config(cfg)
+    if settings.noise == "generator" and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
+        raise ConfigError("noise=generator draws in one process; use noise=per_sample under torchrun")
+    with torch_threads(cfg.get("threads")):
+        ctx = init_distributed(cfg.get("device", "auto"), float(cfg.get("dist_timeout_s") or 1800))
+        try:
+            return _run(cfg, ctx, settings, entries, report)
+        finally:
+            shutdown(ctx)
+
+
+def _run(cfg: DictConfig, ctx: DistContext, settings: SweepSettings, entries: list[Entry], report: str
+         ) -> dict[str, Any]:
+    settings = replace(settings, dist=ctx, progress=settings.progress and ctx.is_main)
+    device = ctx.device
+    peers, notes = plan_peers(plain(cfg.get("peers")) or [], plain(cfg.get("kdiffusion")) or [], settings.budgets)
+    out = make_out_dir(cfg) if ctx.is_main else None
+    start = time.perf_counter()
+    problems = build_problems(cfg, device)
+    results = [sweep_problem(p, entries, settings, peers) for p in problems]
+    info = machine(device)
+    info["seconds"] = time.perf_counter() - start
+    info["world_size"] = ctx.world_size
+    if out is None:
+        return {"machine": info, "results": results}
+    if report == "compare":
+        return write_compare(cfg, results[0], settings, info, out)
+    metric = str(cfg.get("metric", "auto"))
+    table = markdown(results, metric, notes)
+    figures = [str(plot_result(r, out / f"bench_{r['problem']}_{r['sde']}.png", metric)) for r in results]
+    payload = {"machine": info, "config": plain(cfg), "notes": notes, "results": results, "figures": figures}
+    (out / "bench.json").write_text(dumps(payload))
+    (out / "bench.md").write_text(table)
+    print(table)
+    print(f"{info['seconds']:.1f} s; wrote {out / 'bench.json'}, {out / 'bench.md'} and {', '.join(figures)}")
+    return payload
+
+
+def write_compare(cfg: DictConfig, result: dict[str, Any], settings: SweepSettings, info: dict[str, Any],
+                  out: Path) -> dict[str, Any]:
+    """``scoresde-compare``'s report of one problem: the text table, results.json and compare.png."""
+    results = {**compare_results(result, settings.n_data, settings.floor_draws), "machine": info,
+               "config": plain(cfg)}
+    print(compare_table(results))
+    (out / "results.json").write_text(dumps(results))
+    plot_compare(results, out / "compare.png")
+    print(f"{info['seconds']:.1f} s; wrote {out / 'results.json'} and {out / 'compare.png'}")
+    return results
+
+
+def solver_option_overrides(args: list[str]) -> list[str]:
+    """Command-line overrides with ``options.X=v`` and ``solvers.<label>.options.X=v`` turned into Hydra's
+    add-or-override form ``++...``, so that a solver option the config does not list works without a ``+``
+    (the solver itself then refuses an option it does not take, listing its own)."""
+    out = []
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        parts = key.split(".")
+        if "=" in arg and not key.startswith(("+", "~")) and len(parts) >= 2 and (
+                parts[0] == "options" or (len(parts) >= 4 and parts[0] == "solvers" and parts[2] == "options")):
+            arg = "++" + arg
+        out.append(arg)
+    return out
+
+
+def with_option_overrides(console: Callable[[], None]) -> Callable[[], None]:
+    """``console`` run with :func:`solver_option_overrides` applied to ``sys.argv``."""
+    def main() -> None:
+        sys.argv = [sys.argv[0], *solver_option_overrides(sys.argv[1:])]
+        console()
+    main.__doc__ = console.__doc__
+    return main
+
+
+def console(app: str, config_name: str) -> Callable[[], None]:
+    """The console entry ``scoresde-<app>`` running :func:`run` on ``configs/<config_name>.yaml``
+    (:func:`scoresde.cli.common.app_main`), with solver options accepted without a ``+``."""
+    return with_option_overrides(app_main(app, run, config_name))
+
+
+register_all_solvers()
