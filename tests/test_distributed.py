@@ -271,6 +271,54 @@ def test_sample_app_under_torchrun_env_equals_one_process_bitwise_with_an_adapti
     assert nfe[0::2] != nfe[1::2], nfe  # rank 0 (batches 0, 2) and rank 1 (1, 3) took different step counts
 
 
+
+def _killed_sample_worker(rank: int, port: int, overrides: list[str], out: str) -> None:
+    """The sample console app on a torchrun rank; rank 1 is SIGKILLed while it draws its second batch."""
+    import contextlib
+    import io
+    import signal
+    import sys
+
+    import scoresde
+    torchrun_env(rank, port)
+    real, calls = scoresde.sample, [0]
+
+    def dying(*args, **kwargs):
+        calls[0] += 1
+        if rank == 1 and calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    scoresde.sample = dying  # the app calls scoresde.sample(...)
+    from scoresde.cli.sample import main
+    sys.argv = ["scoresde-sample", *overrides]
+    err, tick, code = io.StringIO(), time.perf_counter(), 0
+    with contextlib.redirect_stderr(err):
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+    Path(out, f"rank{rank}.txt").write_text(f"{code}\n{time.perf_counter() - tick:.1f}\n{err.getvalue()}")
+
+
+def test_sharded_sampling_with_a_killed_rank_exits_in_one_line_within_seconds(tmp_path):
+    """The survivor does not wait out dist_timeout_s: gloo reports the closed connection at the gather, and the app
+    prints the RankFailure as one line with exit status 1 (as training does)."""
+    run = tmp_path / "run"
+    train(compose_cfg("train", TRAIN + [f"out_dir={run}", "steps=2"]))
+    args = [f"ckpt={run}", "n=6", "batch_size=1", "steps=10", "seed=0", "progress=false", "device=cpu",
+            "dist_timeout_s=300", f"out_dir={tmp_path / 'out'}"]
+    procs = launch(_killed_sample_worker, args, str(tmp_path), timeout=90, grace=5)
+    assert finish(procs) == [False] * WORLD, "a rank hung"
+    assert procs[1].exitcode == -9 and not (tmp_path / "rank1.txt").exists()  # killed
+    code, seconds, err = (tmp_path / "rank0.txt").read_text().split("\n", 2)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert int(code) == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("scoresde-sample: rank 0/2: gathering sharded results failed"), lines[0]
+    assert "another rank probably crashed" in lines[0]
+    assert float(seconds) < 60  # far below the 300 s timeout
+    assert not (tmp_path / "out" / "samples.npz").exists()
+
 BENCH = ["testbed=ring", "solver=[heun,ancestral]", "budgets=[4]", "n_samples=9", "batch_size=2", "peers=[]",
          "kdiffusion=[]", "metrics=[rmse,sw]", "n_data=64", "progress=false", "device=cpu",
          "reference.rtol=1e-4", "reference.atol=1e-4"]

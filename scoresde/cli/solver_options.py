@@ -58,9 +58,9 @@ def build_solver(name: str, options: dict[str, Any] | None, key: str = "options"
         scoresde.get_solver(name)  # the registry's UnknownNameError, listing the solvers
     unknown = sorted(set(options) - set(solver_parameters(name)))
     if unknown and not _takes_any_keyword(name):
-        accepted = ", ".join(solver_parameters(name)) or "none"
-        raise ConfigError(f"{key}.{unknown[0]}: solver {name!r} takes no option {unknown[0]!r}; its options: "
-                          f"{accepted}")
+        accepted = ", ".join(solver_parameters(name))
+        takes = f"its options: {accepted}" if accepted else "it takes no options"
+        raise ConfigError(f"{key}.{unknown[0]}: solver {name!r} takes no option {unknown[0]!r}; {takes}")
     check_option_values(name, options, key)
     try:
         return scoresde.get_solver(name, **options)
