@@ -12,8 +12,10 @@ SDE (``configs/sde/``) and the loss (``configs/loss/``) are built by name with
 Class-conditional training: a model config with ``num_classes`` (``model=small_unet`` on Fashion-MNIST or the
 digits) trains on the data's labels, with ``label_dropout`` (classifier-free guidance's null class).
 
-Bad configs fail before training starts with a :class:`ConfigError` that names the setting (lr, steps,
-batch size, unknown sde/loss/data/solver names, a network that cannot take the data's shape); the console
+Bad configs fail before training starts with a :class:`ConfigError` that names the setting and the value (every
+number and switch through the typed getters of :mod:`scoresde.cli.common`, ``ema.*``, ``sample.*`` including the
+solver's options, unknown sde/loss/data/solver/grid names, a run directory that cannot be created, a network that
+cannot take the data's shape); a loss that diverges names ``lr``; the console
 app prints it as one line and exits with status 2. One trainer per run directory: a second one on the same
 directory is refused (:class:`scoresde.training.run_lock.RunLock`).
 
@@ -25,8 +27,9 @@ Several processes: ``torchrun --nproc_per_node N -m scoresde.cli.train hydra.run
 ``torchrun --nproc_per_node N --no-python scoresde-train ...``) trains the same config data-parallel
 (:func:`scoresde.distributed.init_distributed`: NCCL on CUDA, gloo on CPU). ``batch_size`` is the global
 batch (each rank takes ``batch_size/N``), so ``lr`` needs no rescaling; rank 0 alone writes tensorboard
-events and checkpoints, into its run directory, which every rank uses. A rank that crashes or hangs makes
-the others fail after ``dist_timeout_s`` with a :class:`scoresde.distributed.RankFailure` (exit status 1).
+events and checkpoints, into its run directory, which every rank uses. A rank that crashes makes the
+others fail within seconds (its connection closes), one that hangs after ``dist_timeout_s``, with a
+:class:`scoresde.distributed.RankFailure` printed as one line (exit status 1).
 Presets: ``scoresde-train train=fashion_mnist`` (``configs/train/``).
 """
 from __future__ import annotations
