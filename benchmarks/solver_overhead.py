@@ -98,7 +98,7 @@ class Coeffs:
     """Everything a bare loop needs, precomputed once from the scoresde grid (float64 → Python float)."""
 
     steps: int
-    t: list[Tensor]          # model time input per step, shape (B,), like ctx.times()
+    t: list[Tensor]          # model time input per step, shape (B,), like ctx.t
     t2: list[Tensor]         # Heun: model time at t(σ_{i+1})
     s: list[float]
     sigma: list[float]

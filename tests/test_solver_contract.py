@@ -3,12 +3,50 @@ solver is covered with no edit here)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import scoresde as sd
+from scoresde.solvers.base import REVERSE_NOISE, USES
+from scoresde.solvers.sigma_term import SigmaSolver
 from tests.conftest import solver_names
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "solver"
+
+
+def test_every_solver_has_a_config_and_every_config_a_solver():
+    """Registration is by discovery (a module in scoresde/solvers); configs/solver/ must follow it both ways,
+    and each config's options must build its solver."""
+    named = {}
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        for entry in yaml.safe_load(path.read_text()).values():
+            assert entry["name"] in sd.SOLVERS, f"{path.name}: {entry['name']!r} is not a registered solver"
+            sd.get_solver(entry["name"], **(entry.get("options") or {}))
+            named[entry["name"]] = path.name
+    missing = sorted(set(sd.SOLVERS) - set(named))
+    assert not missing, f"registered solvers without a config in configs/solver/: {missing}"
+
+
+@pytest.mark.parametrize("name", solver_names())
+def test_declarations_are_consistent(name):
+    solver = sd.get_solver(name)
+    assert solver.uses in USES
+    assert (solver.uses == "denoiser") == isinstance(solver, SigmaSolver) or name == "pc"
+    if solver.stochastic:
+        assert solver.order == solver.strong_order(REVERSE_NOISE)
+    else:
+        with pytest.raises(ValueError, match="deterministic"):
+            solver.strong_order()
+        assert solver.order >= 1
+
+
+def test_a_denoiser_predictor_inside_pc_gets_the_sigma_term(ring):
+    model = ring.model(sd.VPSDE())
+    x = sd.sample(model, "pc", 6, (8, 2), predictor="heun", corrector_steps=1, denoise=True)
+    assert torch.isfinite(x).all() and sd.get_solver("pc", predictor="heun").uses == "denoiser"
 
 SLOW_SOLVERS = {"torchsde"}  # one Brownian interval per sample: keep their batches small
 

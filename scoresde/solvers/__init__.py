@@ -1,8 +1,16 @@
-"""Solvers: one interface, one registry. Importing this package registers every solver."""
-from scoresde.solvers import ddim, dpm_solver, edm, ode, predictor_corrector, sde_steps, sdeint, unipc  # noqa: F401
+"""Solvers: one interface, one registry. Importing this package imports every module in it, so every solver
+(a ``@register``-ed class in any module here) is registered by discovery: adding a solver is adding its file."""
+import importlib
+import pkgutil
+
 from scoresde.solvers.base import SOLVERS, Solver, StepContext, StepInfo, get_solver, register
 from scoresde.solvers.grids import GRIDS, TimeGrid, as_grid, grid_from_times, make_grid
-from scoresde.solvers.noise import GeneratorNoise, NoiseSource, PerSampleNoise, make_noise
+from scoresde.solvers.noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise, as_noise, make_noise
+from scoresde.solvers.sigma_term import SigmaSolver, SigmaTerm
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["SOLVERS", "Solver", "StepContext", "StepInfo", "get_solver", "register", "GRIDS", "TimeGrid",
-           "as_grid", "grid_from_times", "make_grid", "GeneratorNoise", "NoiseSource", "PerSampleNoise", "make_noise"]
+           "as_grid", "grid_from_times", "make_grid", "BrownianNoise", "GeneratorNoise", "NoiseSource",
+           "PerSampleNoise", "as_noise", "make_noise", "SigmaSolver", "SigmaTerm"]

@@ -1,15 +1,23 @@
 """The solver interface, the registry, and the step loop every single-step solver shares.
 
 A solver is constructed from its options (all its knobs, validated at construction) and called as
-``solver.sample(model, x_T, grid, noise, callback)``. It declares what it is: ``stochastic``, its
-``order`` (global order for ODE solvers, strong order for SDE solvers), what it is written in
-(``uses``: score or denoiser) and, through :meth:`Solver.declared_nfe`, what a grid costs in network
-evaluations. NFE itself is never computed by a solver: the model's counting wrapper measures it.
+``solver.sample(model, x_T, grid, noise, callback)``. It declares what it is:
+
+- ``stochastic``;
+- a deterministic solver's ``order`` (global order on the probability-flow ODE) and ``order_steps``, the
+  step counts where that order is asymptotic (the convergence test fits it there);
+- a stochastic solver's ``strong_orders``: strong order per noise type, as torchsde declares them
+  (Euler–Maruyama: 1.0 for additive noise, 0.5 otherwise). Its ``order`` is the strong order for the noise
+  of the reverse SDE, which is additive (:data:`REVERSE_NOISE`);
+- what it is written in (``uses``): ``"score"`` (a step in x and t through ``ctx.predict``) or ``"denoiser"``
+  (a step in x̂, σ and D or ε̂ through the σ-space term ``ctx.term``, which only such a solver is given);
+- through :meth:`Solver.declared_nfe`, what a grid costs in network evaluations. NFE itself is never
+  computed by a solver: the model's counting wrapper measures it.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,7 +27,11 @@ from torch import Tensor
 from scoresde.errors import UnknownNameError
 from scoresde.models.score_model import ScoreModel
 from scoresde.solvers.grids import TimeGrid
-from scoresde.solvers.noise import GeneratorNoise, NoiseSource
+from scoresde.solvers.noise import NoiseSource, as_noise
+
+NOISE_TYPES: tuple[str, ...] = ("additive", "diagonal", "scalar", "general")  # torchsde's names
+REVERSE_NOISE = "additive"  # every SDE of scoresde is dx = f(t)x dt + g(t) dw: g depends on t only
+USES: tuple[str, ...] = ("score", "denoiser")
 
 
 @dataclass
@@ -38,7 +50,8 @@ Callback = Callable[[StepInfo], None]
 
 @dataclass
 class StepContext:
-    """Everything one step may need: the grid point, the noise source, and a dict for multistep state.
+    """Everything one step may need: the grid point, the noise source, a dict for multistep state and, for
+    a solver that ``uses = "denoiser"``, the σ-space term (:class:`~scoresde.solvers.sigma_term.SigmaTerm`).
 
     ``t_batch`` holds the grid's times on the state's device, built once per run, so a step costs no
     host-to-device copy; :meth:`predict` passes the grid point's s and σ as floats to the model.
@@ -50,6 +63,7 @@ class StepContext:
     noise: NoiseSource
     state: dict[str, Any]
     t_batch: Tensor  # (steps + 1, B): every grid time, broadcast over the batch
+    term: Any = None  # the SigmaTerm of a denoiser solver; None for a score solver
 
     @property
     def last(self) -> bool:
@@ -60,19 +74,14 @@ class StepContext:
         """t_i for every sample, shape (B,)."""
         return self.t_batch[self.i]
 
-    def times(self, x: Tensor) -> tuple[Tensor, float, float]:
-        """(t_i broadcast to the batch, σ_i, σ_{i+1})."""
-        sig = self.grid.sigma_list
-        return self.t_batch[self.i], sig[self.i], sig[self.i + 1]
+    def increment(self, like: Tensor) -> Tensor:
+        """The standardized Brownian increment of this step (t_i → t_{i+1}) from the noise source."""
+        return self.noise.increment(like, self.grid.t_list[self.i], self.grid.t_list[self.i + 1])
 
     def predict(self, x: Tensor, kind: str, j: int | None = None) -> Tensor:
         """The model's ``kind`` (score, eps, x0, v) at grid point ``j`` (default i), one evaluation."""
         j = self.i if j is None else j
         return self.model.predict(x, self.t_batch[j], kind, self.grid.s_list[j], self.grid.sigma_list[j])
-
-    def x0_eps(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(x₀, ε) at grid point i from one evaluation."""
-        return self.model.x0_eps(x, self.t, self.grid.s_list[self.i], self.grid.sigma_list[self.i])
 
 
 class Solver(ABC):
@@ -80,10 +89,40 @@ class Solver(ABC):
 
     name: ClassVar[str] = "solver"
     stochastic: bool = False
-    order: float = 1.0
+    order_steps: tuple[int, int] = (64, 256)  # step counts where the declared order is asymptotic
+    strong_orders: Mapping[str, float] = {}  # stochastic: strong order per noise type (torchsde's convention)
     uses: ClassVar[str] = "score"
     nfe_per_step: int | None = 1
     reaches_data: ClassVar[bool] = False  # True if step() itself handles a final step to σ = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # ``order = 2.0`` in a class body declares the global order; the property below serves it, so that a
+        # stochastic solver's ``order`` is always its strong order for the reverse SDE's noise.
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("order")
+        if isinstance(declared, (int, float)):
+            cls._order = float(declared)
+            delattr(cls, "order")
+
+    _order: float = 1.0
+
+    @property  # type: ignore[no-redef]
+    def order(self) -> float:
+        """Global order on the PF-ODE (deterministic), or ``strong_order(REVERSE_NOISE)`` (stochastic)."""
+        return self.strong_order(REVERSE_NOISE) if self.stochastic else self._order
+
+    @order.setter
+    def order(self, value: float) -> None:
+        self._order = float(value)
+
+    def strong_order(self, noise_type: str = REVERSE_NOISE) -> float:
+        """Strong order of this stochastic solver for SDEs with noise of ``noise_type``."""
+        if not self.stochastic:
+            raise ValueError(f"{self.name} is deterministic: it has a global order ({self.order}), no strong order")
+        if noise_type not in self.strong_orders:
+            raise ValueError(f"{self.name} supports the noise types {', '.join(self.strong_orders) or 'none'}, "
+                             f"not {noise_type!r}")
+        return float(self.strong_orders[noise_type])
 
     def options(self) -> dict[str, Any]:
         """The knobs this instance was built with (for tables and configs)."""
@@ -99,12 +138,13 @@ class Solver(ABC):
                callback: Callback | None = None) -> Tensor:
         """Integrate from ``x`` at ``grid.t[0]`` to the end of the grid and return the final state."""
         check_start(x, grid, model)
-        noise = noise if noise is not None else GeneratorNoise()
+        noise = as_noise(noise)
         guard = FiniteGuard()
         state: dict[str, Any] = {}
         t_batch = batch_times(grid, x)
+        term = sigma_term(model, grid, t_batch) if self.uses == "denoiser" else None
         for i in range(grid.steps):
-            x = self.advance(x, StepContext(model, grid, i, noise, state, t_batch))
+            x = self.advance(x, StepContext(model, grid, i, noise, state, t_batch, term))
             guard.update(x, i)
             if callback is not None:
                 callback(StepInfo(i, grid.steps, grid.t_list[i], grid.t_list[i + 1], x))
@@ -130,6 +170,12 @@ class Solver(ABC):
 def batch_times(grid: TimeGrid, x: Tensor) -> Tensor:
     """The grid's times on ``x``'s device and dtype, expanded over the batch: shape (steps + 1, B)."""
     return grid.t.to(device=x.device, dtype=x.dtype)[:, None].expand(-1, x.shape[0])
+
+
+def sigma_term(model: ScoreModel, grid: TimeGrid, t_batch: Tensor) -> Any:
+    """The σ-space term of a run (imported here: sigma_term builds on this module)."""
+    from scoresde.solvers.sigma_term import SigmaTerm
+    return SigmaTerm(model, grid, t_batch)
 
 
 def check_start(x: Tensor, grid: TimeGrid, model: ScoreModel) -> None:
@@ -175,6 +221,8 @@ def register(cls: type[Solver]) -> type[Solver]:
     """Class decorator: add a solver to the registry under ``cls.name``."""
     if cls.name in SOLVERS:
         raise ValueError(f"a solver named {cls.name!r} is already registered")
+    if isinstance(cls.uses, str) and cls.uses not in USES:  # (a property, as pc's, answers per instance)
+        raise ValueError(f"solver {cls.name!r}: uses must be one of {', '.join(USES)}, got {cls.uses!r}")
     SOLVERS[cls.name] = cls
     return cls
 

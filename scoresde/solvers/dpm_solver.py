@@ -5,11 +5,12 @@ import math
 
 from torch import Tensor
 
-from scoresde.solvers.base import Solver, StepContext, register
+from scoresde.solvers.base import StepContext, register
+from scoresde.solvers.sigma_term import SigmaSolver
 
 
 @register
-class DPMSolverPP2M(Solver):
+class DPMSolverPP2M(SigmaSolver):
     """DPM-Solver++(2M): second-order multistep exponential integrator on the data prediction.
 
     In λ = −log σ, with h_i = λ_{i+1} − λ_i, r_i = h_{i−1}/h_i and the state x̂ = x/s
@@ -21,17 +22,14 @@ class DPMSolverPP2M(Solver):
     Works for VP and VE alike since the state is in σ."""
 
     name = "dpmpp_2m"
-    uses = "denoiser"
     order = 2.0
-    reaches_data = True
 
-    def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        _, sigma, sigma_next = ctx.times(x)
-        denoised = ctx.predict(x, "x0")
-        if sigma_next == 0:
+    def step_hat(self, x_hat: Tensor, ctx: StepContext) -> Tensor:
+        term, i = ctx.term, ctx.i
+        denoised = term.denoise(x_hat, i)
+        if term.sigma(i + 1) == 0:
             return denoised
-        s, s_next = ctx.grid.s_list[ctx.i], ctx.grid.s_list[ctx.i + 1]
-        h = math.log(sigma / sigma_next)
+        h = term.h(i)
         previous = ctx.state.get("previous")
         if previous is None:
             d = denoised
@@ -40,5 +38,4 @@ class DPMSolverPP2M(Solver):
             r = h_last / h
             d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
         ctx.state["previous"] = (denoised, h)
-        x_hat = (sigma_next / sigma) * (x / s) - math.expm1(-h) * d
-        return s_next * x_hat
+        return (term.sigma(i + 1) / term.sigma(i)) * x_hat - math.expm1(-h) * d

@@ -1,32 +1,89 @@
-"""The probability-flow ODE (Song et al. 2021, eq. 13) solved with torchdiffeq's ``odeint``."""
+"""The probability-flow ODE (Song et al. 2021, eq. 13) solved with torchdiffeq's ``odeint``.
+
+What each torchdiffeq method is comes from torchdiffeq's own solver classes, never a retyped table: a
+``FixedGridODESolver`` steps through the time grid and declares its global ``order``; an
+``AdaptiveStepsizeODESolver`` picks its own steps to meet ``rtol``/``atol`` (an ``RKAdaptiveStepsizeODESolver``
+declares its ``order``). The options a method takes are the parameters of its class's constructor.
+"""
 from __future__ import annotations
 
+import inspect
 import sys
+from functools import cache
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
+from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESolver
 
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.reverse import ProbabilityFlowODE
 from scoresde.solvers.base import Callback, Solver, StepInfo, TimeGrid, check_start, register
 from scoresde.solvers.noise import NoiseSource
 
-# torchdiffeq's fixed-grid methods: (evaluations per step, global order).
-FIXED = {"euler": (1, 1.0), "midpoint": (2, 2.0), "heun2": (2, 2.0), "heun3": (3, 3.0), "rk4": (4, 4.0)}
-ADAPTIVE = {"dopri5": 5.0, "dopri8": 8.0, "bosh3": 3.0, "fehlberg2": 2.0, "adaptive_heun": 2.0}
+RESERVED = {"func", "y0", "rtol", "atol", "step_size", "grid_constructor", "step_t", "implicit", "perturb"}
 
 
-def _torchdiffeq_methods() -> list[str]:
+def torchdiffeq_methods() -> dict[str, type]:
+    """torchdiffeq's method table (its own ``SOLVERS``), less the methods that are neither fixed-grid nor
+    adaptive torchdiffeq solvers (``scipy_solver``)."""
     import torchdiffeq._impl.odeint  # noqa: F401  (the module, shadowed by the function of the same name)
-    return list(sys.modules["torchdiffeq._impl.odeint"].SOLVERS)
+    table = sys.modules["torchdiffeq._impl.odeint"].SOLVERS
+    kinds = (FixedGridODESolver, AdaptiveStepsizeODESolver)
+    return {name: cls for name, cls in table.items() if issubclass(cls, kinds)}
+
+
+def is_adaptive(method: str) -> bool:
+    """Whether a torchdiffeq method picks its own steps (an ``AdaptiveStepsizeODESolver``)."""
+    return issubclass(torchdiffeq_methods()[method], AdaptiveStepsizeODESolver)
+
+
+def _parameters(cls: type) -> set[str]:
+    """The keyword options ``cls`` accepts: its constructor's, and up the MRO while one passes ``**kwargs``."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def takes_tolerances(method: str) -> bool:
+    """A method takes rtol/atol when its own constructor names them: the adaptive methods, and implicit
+    Adams (its corrector iterates to them); the other fixed-grid methods ignore them."""
+    return "rtol" in inspect.signature(torchdiffeq_methods()[method]).parameters
+
+
+@cache
+def fixed_grid_nfe(method: str, steps: int, max_order: int | None = None) -> int | None:
+    """Evaluations a fixed-grid method makes on ``steps`` intervals, counted on a scalar ODE (explicit Adams
+    warms up with RK4, so its cost is not a multiple of the steps). None where the count depends on the problem
+    (a method that iterates to a tolerance)."""
+    if takes_tolerances(method):
+        return None
+    calls = [0]
+
+    def f(t: Tensor, y: Tensor) -> Tensor:
+        calls[0] += 1
+        return -y
+
+    odeint(f, torch.ones(1, dtype=torch.float64), torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64),
+           method=method, options=None if max_order is None else {"max_order": max_order})
+    return calls[0]
 
 
 @register
 class ProbabilityFlow(Solver):
-    """Probability-flow ODE through torchdiffeq: a fixed-grid method steps through the time grid
-    (``euler``, ``midpoint``, ``heun2``, ``heun3``, ``rk4``); an adaptive one (``dopri5`` …) ignores the
-    inner grid points and picks its own steps to meet ``rtol``/``atol``.
+    """Probability-flow ODE through torchdiffeq: a fixed-grid method (``euler``, ``midpoint``, ``rk4``,
+    ``explicit_adams`` …) steps through the time grid; an adaptive one (``dopri5`` …) ignores the inner grid
+    points and picks its own steps to meet ``rtol``/``atol`` (default 1e-5). ``options`` go to the method
+    (e.g. ``max_order`` of Adams, ``first_step`` of dopri5); a tolerance or option the method does not take
+    is an error.
 
     The state stays on the model's device (no host copy per step). Every model call is counted,
     rejected steps included. Adaptive steps are clipped at t_min (torchdiffeq's ``step_t``), and the
@@ -35,19 +92,49 @@ class ProbabilityFlow(Solver):
 
     name = "ode"
 
-    def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5):
-        known = _torchdiffeq_methods()
-        if method not in known or method == "scipy_solver":
-            raise ValueError(f"ode: unknown torchdiffeq method {method!r}; choose one of "
-                             f"{', '.join(m for m in known if m != 'scipy_solver')}")
+    def __init__(self, method: str = "dopri5", rtol: float | None = None, atol: float | None = None,
+                 options: dict[str, Any] | None = None):
+        known = torchdiffeq_methods()
+        if method not in known:
+            raise ValueError(f"ode: unknown torchdiffeq method {method!r}; choose one of {', '.join(known)}")
+        cls = known[method]
+        self.adaptive = issubclass(cls, AdaptiveStepsizeODESolver)
+        given = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+        if given and not takes_tolerances(method):
+            raise ValueError(f"ode: method {method!r} steps through the grid and takes no "
+                             f"{' or '.join(given)}; use an adaptive method (dopri5 …) or leave them out")
+        rtol, atol = (1e-5 if rtol is None else rtol), (1e-5 if atol is None else atol)
         if not (rtol > 0 and atol > 0):
             raise ValueError(f"ode: rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
+        self.options_ = dict(options or {})
+        bad = sorted(set(self.options_) - (_parameters(cls) - RESERVED))
+        if bad:
+            raise ValueError(f"ode: method {method!r} takes no option {', '.join(map(repr, bad))}; it takes "
+                             f"{', '.join(sorted(_parameters(cls) - RESERVED)) or 'none'}")
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
-        self.adaptive = method not in FIXED
-        self.nfe_per_step, self.order = FIXED.get(method, (None, ADAPTIVE.get(method, 1.0)))
+        self.tolerances = bool(given) or takes_tolerances(method)
+        self.order = float(getattr(cls, "order", 1.0))
+        if "max_order" in _parameters(cls):
+            # Adams runs at order min(history, max_order − 1), and torchdiffeq's default max_order (12) climbs to
+            # an unstable 11th order: hold it to the order its class declares unless asked for another
+            self.options_.setdefault("max_order", int(self.order) + 1)
+            self.order = max(self.order, float(self.options_["max_order"] - 1))
+        self.nfe_per_step = None
 
     def options(self) -> dict:
-        return {"method": self.method, "rtol": self.rtol, "atol": self.atol}
+        out: dict[str, Any] = {"method": self.method}
+        if self.tolerances:
+            out.update(rtol=self.rtol, atol=self.atol)
+        if self.options_:
+            out["options"] = self.options_
+        return out
+
+    def declared_nfe(self, grid: TimeGrid) -> int | None:
+        if self.adaptive:
+            return None
+        n = grid.steps - int(grid.ends_at_data)
+        cost = fixed_grid_nfe(self.method, n, self.options_.get("max_order"))
+        return None if cost is None else cost + int(grid.ends_at_data)
 
     def step(self, x: Tensor, ctx) -> Tensor:  # pragma: no cover - sample() is overridden
         raise NotImplementedError("ode integrates the whole grid at once")
@@ -69,9 +156,12 @@ class ProbabilityFlow(Solver):
             last_t[0] = t
             return flow.drift(y, t.clamp(t_end, t_start).to(y.dtype))
 
-        options = {"step_t": torch.tensor([t_end], dtype=torch.float64)} if self.adaptive else None
+        options = dict(self.options_)
+        if self.adaptive:
+            options["step_t"] = torch.tensor([t_end], dtype=torch.float64)
+        tolerances = {"rtol": self.rtol, "atol": self.atol} if self.tolerances else {}
         try:
-            path = odeint(drift, x, ts, method=self.method, rtol=self.rtol, atol=self.atol, options=options)
+            path = odeint(drift, x, ts, method=self.method, options=options or None, **tolerances)
         except AssertionError as err:  # torchdiffeq reports non-finite states and dt underflow this way
             raise FloatingPointError(f"ode ({self.method}): the solve failed near t={float(last_t[0]):.6g}: {err}. "
                                      "Check the model's output there, or loosen rtol/atol.") from None
@@ -87,3 +177,7 @@ class ProbabilityFlow(Solver):
         if grid.ends_at_data:
             x = model.x0(x, torch.full((x.shape[0],), t_end, device=x.device, dtype=x.dtype))
         return x
+
+
+# Adaptive methods by name, derived (scoresde.evaluation.likelihood reads it).
+ADAPTIVE = tuple(name for name in torchdiffeq_methods() if is_adaptive(name))

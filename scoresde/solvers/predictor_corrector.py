@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from scoresde.solvers.base import Solver, StepContext, TimeGrid, get_solver, register
+from scoresde.solvers.base import NOISE_TYPES, Solver, StepContext, TimeGrid, get_solver, register
 from scoresde.utils import append_dims
 
 NORMS = ("batch", "sample")
@@ -38,11 +38,13 @@ def langevin_correct(x: Tensor, ctx: StepContext, n_steps: int, snr: float, norm
 class PredictorCorrector(Solver):
     """Predictor–corrector sampler (Song et al. 2021, Alg. 1): at every grid point, ``corrector_steps``
     Langevin steps at t_i, then one step of any registered predictor to t_{i+1}. ``predictor="none"``
-    gives annealed Langevin dynamics (the corrector alone, NCSN)."""
+    gives annealed Langevin dynamics (the corrector alone, NCSN).
+
+    Strong order: with corrector steps, 0 for every noise type. The Langevin step size (Alg. 4–5) is set by
+    the SNR rule and does not shrink with the grid, and its noise is fresh, so the samples do not converge
+    pathwise to the reverse SDE's solution (only in distribution). Without them, pc is its predictor."""
 
     name = "pc"
-    stochastic = True
-    order = 0.5
 
     def __init__(self, predictor: str = "reverse_diffusion", corrector_steps: int = 1, snr: float = 0.16,
                  norm: str = "batch", predictor_options: dict | None = None):
@@ -61,6 +63,31 @@ class PredictorCorrector(Solver):
     def options(self) -> dict:
         return {"predictor": self.predictor_name, "corrector_steps": self.corrector_steps, "snr": self.snr,
                 "norm": self.norm, "predictor_options": self.predictor_options}
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        return self.corrector_steps > 0 or self.predictor is None or self.predictor.stochastic
+
+    @property
+    def strong_orders(self) -> dict[str, float]:  # type: ignore[override]
+        if self.corrector_steps == 0 and self.predictor is not None:
+            return dict(self.predictor.strong_orders)
+        return {noise_type: 0.0 for noise_type in NOISE_TYPES}
+
+    @property
+    def order(self) -> float:  # type: ignore[override]
+        if self.stochastic:
+            return self.strong_order()
+        return self.predictor.order  # type: ignore[union-attr]
+
+    @property
+    def uses(self) -> str:  # type: ignore[override]
+        """The predictor's: a denoiser predictor is given the σ-space term (the corrector asks for the score)."""
+        return self.predictor.uses if self.predictor is not None else "score"
+
+    @property
+    def order_steps(self) -> tuple[int, int]:  # type: ignore[override]
+        return self.predictor.order_steps if self.predictor is not None else Solver.order_steps
 
     @property
     def nfe_per_step(self) -> int | None:  # type: ignore[override]

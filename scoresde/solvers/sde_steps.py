@@ -2,7 +2,13 @@
 
 All three are written through the SDE's exact forward kernel between grid points,
 ``x_t = a·x_{t'} + √var·z`` (:meth:`SDE.transition`), or its drift and diffusion, so none of
-them knows which SDE it runs on.
+them knows which SDE it runs on. Each step draws the step's Brownian increment from the noise source.
+
+Strong orders: the reverse SDE's noise is additive (g depends on t only), where Euler–Maruyama has strong
+order 1.0 (Kloeden & Platen 1992, §10.2; torchsde's ``Euler``); with multiplicative noise it is 0.5. The
+kernel-based steps are written for the linear SDEs of scoresde, whose noise is always additive. The last step
+of each adds no noise (Ho et al.'s z = 0 at t = 1; score_sde's noise removal), which is a denoising step, not
+a step of the SDE, so tests/test_strong_order.py measures the strong order at an interior grid time.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ def add_noise(x_mean: Tensor, std: float, ctx: StepContext) -> Tensor:
     """``x_mean + std·z``; the last step adds none (Ho et al.'s z = 0 at t = 1; score_sde's noise removal)."""
     if ctx.last or std == 0:
         return x_mean
-    return x_mean + std * ctx.noise(x_mean)
+    return x_mean + std * ctx.increment(x_mean)
 
 
 @register
@@ -28,7 +34,8 @@ class EulerMaruyama(Solver):
     ``x ← x − [f x − g² ∇log p_t] Δt + g √Δt z`` with Δt = t_i − t_{i+1} > 0."""
 
     name = "euler_maruyama"
-    stochastic, order = True, 0.5
+    stochastic = True
+    strong_orders = {"additive": 1.0, "diagonal": 0.5, "scalar": 0.5, "general": 0.5}
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         t = ctx.grid.t[ctx.i : ctx.i + 1]  # float64 on the host: f(t), g(t) as Python floats
@@ -44,7 +51,8 @@ class ReverseDiffusion(Solver):
     ``x_i = a·x_{i+1} + √var·z``, the reverse step is ``x ← (2 − a)x + var·∇log p + √var·z``."""
 
     name = "reverse_diffusion"
-    stochastic, order = True, 0.5
+    stochastic = True
+    strong_orders = {"additive": 1.0}
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
         a, var = ctx.grid.kernel(ctx.i)
@@ -63,7 +71,8 @@ class Ancestral(Solver):
     """
 
     name = "ancestral"
-    stochastic, order = True, 0.5
+    stochastic = True
+    strong_orders = {"additive": 1.0}
     reaches_data = True  # the step to σ = 0 is Ho's last step: (x + std²∇log p)/s, no noise
 
     def __init__(self, variance: str = "beta"):
@@ -75,7 +84,7 @@ class Ancestral(Solver):
         return {"variance": self.variance}
 
     def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        _, sigma, sigma_next = ctx.times(x)
+        sigma, sigma_next = ctx.grid.sigma_list[ctx.i], ctx.grid.sigma_list[ctx.i + 1]
         a, var = ctx.grid.kernel(ctx.i)
         x_mean = (x + var * ctx.predict(x, "score")) * (1 / a)
         if self.variance == "posterior":

@@ -1,59 +1,42 @@
-"""The reverse-time SDE through torchsde's ``sdeint`` and a Brownian motion shared across solvers."""
+"""The reverse-time SDE through torchsde's ``sdeint``, on a Brownian path that comes from the noise source."""
 from __future__ import annotations
+
+from functools import cache
+from types import SimpleNamespace
 
 import torch
 import torchsde
 from torch import Tensor
 from torchsde._brownian.brownian_base import BaseBrownian
+from torchsde._core.methods import select
 
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.reverse import ReverseSDE
-from scoresde.solvers.base import Callback, FiniteGuard, Solver, TimeGrid, check_start, register
-from scoresde.solvers.noise import NoiseSource, PerSampleNoise
+from scoresde.solvers.base import Callback, FiniteGuard, Solver, StepInfo, TimeGrid, check_start, register
+from scoresde.solvers.noise import NoiseSource, StackedBrownian, as_noise
 
-# torchsde's Itô methods for diagonal noise: (drift evaluations per step, strong order).
-METHODS = {"euler": (1, 0.5), "milstein": (1, 1.0), "srk": (10, 1.5)}  # srk: measured, diagonal-noise SRI
+# torchsde's Itô methods offered here, with their drift evaluations per step (their cost; orders are read below)
+METHODS = {"euler": 1, "milstein": 1, "srk": 10}
+LEVY = {"srk": "space-time"}  # the Lévy area a method needs from the Brownian path
 
 
-class StackedBrownian(BaseBrownian):
-    """One ``BrownianInterval`` per sample, stacked along the batch: sample i's path depends only on
-    its own seed, so results do not depend on the batch size."""
-
-    def __init__(self, t0: float, t1: float, dim: int, seeds: list[int], dtype: torch.dtype,
-                 device: torch.device | str, levy_area_approximation: str = "none"):
-        self.intervals = [torchsde.BrownianInterval(t0=t0, t1=t1, size=(1, dim), dtype=dtype, device=device,
-                                                    entropy=seed, levy_area_approximation=levy_area_approximation)
-                          for seed in seeds]
-        self._shape = (len(seeds), dim)
-
-    def __call__(self, ta, tb=None, return_U=False, return_A=False):
-        parts = [bm(ta, tb, return_U=return_U, return_A=return_A) for bm in self.intervals]
-        if isinstance(parts[0], tuple):
-            return tuple(torch.cat(p, dim=0) for p in zip(*parts))
-        return torch.cat(parts, dim=0)
-
-    def __repr__(self) -> str:
-        return f"StackedBrownian(batch={self._shape[0]}, dim={self._shape[1]})"
-
-    @property
-    def dtype(self):
-        return self.intervals[0].dtype
-
-    @property
-    def device(self):
-        return self.intervals[0].device
-
-    @property
-    def shape(self):
-        return self._shape
-
-    @property
-    def levy_area_approximation(self):
-        return self.intervals[0].levy_area_approximation
+@cache
+def torchsde_strong_orders(method: str) -> dict[str, float]:
+    """Strong order per noise type, read from torchsde's own solver class: an instance is built against a
+    stub SDE of each noise type the class supports (torchsde sets e.g. Euler's order from the noise type)."""
+    cls = select(method, "ito")
+    bm = SimpleNamespace(levy_area_approximation=LEVY.get(method, "none"), shape=(1, 1))
+    orders = {}
+    for noise_type in cls.noise_types:
+        sde = SimpleNamespace(sde_type="ito", noise_type=noise_type)
+        solver = cls(sde=sde, bm=bm, dt=1.0, adaptive=False, rtol=0.0, atol=0.0, dt_min=0.0, options={})
+        orders[noise_type] = float(solver.strong_order)
+    return orders
 
 
 class _ReverseInU(torch.nn.Module):
-    """The reverse SDE in forward time u = t_start − t, flattened to (B, D) as torchsde wants."""
+    """The reverse SDE in forward time u = t_start − t, flattened to (B, D) as torchsde wants. Its noise is
+    additive; torchsde is told "diagonal" (a vector g, no (D, D) matrix), which reduces to the same scheme."""
 
     noise_type, sde_type = "diagonal", "ito"
 
@@ -75,11 +58,12 @@ class _ReverseInU(torch.nn.Module):
 @register
 class TorchSDE(Solver):
     """Reverse SDE (Song et al. 2021, eq. 6) through ``torchsde.sdeint`` with Itô ``euler``, ``milstein``
-    or ``srk``, on a uniform grid in t (step dt = (T − t_min)/steps), driven by a Brownian interval.
+    or ``srk``, on a uniform grid in t (step dt = (T − t_min)/steps), driven by a Brownian path.
 
-    ``sample(..., bm=...)`` accepts a Brownian motion built by :meth:`brownian`, so different methods
-    and step counts can be driven by one path. By default the path comes from the noise source:
-    per-sample seeds give a :class:`StackedBrownian`."""
+    The path comes from the noise source (``noise.brownian``): per-sample seeds give one interval per sample
+    (batch-size independent), a :class:`~scoresde.solvers.noise.BrownianNoise` gives the one path every
+    solver and step count shares. ``sample(..., bm=...)`` takes a ready torchsde Brownian motion instead.
+    Strong orders per noise type are torchsde's (Euler: 1.0 for additive noise)."""
 
     name = "torchsde"
     stochastic = True
@@ -88,7 +72,8 @@ class TorchSDE(Solver):
         if method not in METHODS:
             raise ValueError(f"torchsde: unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.method = method
-        self.nfe_per_step, self.order = METHODS[method]
+        self.nfe_per_step = METHODS[method]
+        self.strong_orders = torchsde_strong_orders(method)
 
     def options(self) -> dict:
         return {"method": self.method}
@@ -101,17 +86,6 @@ class TorchSDE(Solver):
     def step(self, x: Tensor, ctx) -> Tensor:  # pragma: no cover - sample() is overridden
         raise NotImplementedError("torchsde integrates the whole grid at once")
 
-    def brownian(self, x: Tensor, duration: float, noise: NoiseSource | None = None) -> BaseBrownian:
-        """A Brownian path on [0, duration] for a batch shaped like ``x``: per-sample intervals for
-        :class:`PerSampleNoise` (batch-size independent), else one batched interval seeded from the
-        noise source's generator (fast)."""
-        levy = "space-time" if self.method == "srk" else "none"
-        if isinstance(noise, PerSampleNoise):
-            return StackedBrownian(0.0, duration, x[0].numel(), noise.seeds, x.dtype, x.device, levy)
-        entropy = int(torch.randint(2**62, (1,), generator=getattr(noise, "generator", None)))
-        return torchsde.BrownianInterval(t0=0.0, t1=duration, size=(x.shape[0], x[0].numel()), dtype=x.dtype,
-                                         device=x.device, entropy=entropy, levy_area_approximation=levy)
-
     def sample(self, model: ScoreModel, x: Tensor, grid: TimeGrid, noise: NoiseSource | None = None,
                callback: Callback | None = None, bm: BaseBrownian | None = None) -> Tensor:
         check_start(x, grid, model)
@@ -120,20 +94,24 @@ class TorchSDE(Solver):
         if n > 1 and not torch.allclose(t[:-1] - t[1:], (t[0] - t[n]) / n, rtol=1e-6, atol=0):
             raise ValueError(f"torchsde steps with a fixed dt, so it needs a uniform grid; got the {grid.kind} grid")
         t_start, t_end = grid.t_list[0], grid.t_list[n]
-        us = torch.tensor([0.0, t_start - t_end], dtype=torch.float64, device=x.device)
+        us = (t_start - t).to(device=x.device)  # every grid point, in float64, so callbacks see each step
         duration = float(us[-1])
         if bm is None:
-            bm = self.brownian(x, duration, noise)
+            bm = as_noise(noise).brownian(x, t_start, t_end, LEVY.get(self.method, "none"))
         sde = _ReverseInU(ReverseSDE(model.sde, model.score), x.shape, t_start)
         ys = torchsde.sdeint(sde, x.reshape(x.shape[0], -1), us, bm=bm, method=self.method,
                              dt=duration / n * (1 + 1e-12))  # time in float64: exactly n steps
-        x = ys[-1].reshape(x.shape)
         guard = FiniteGuard()
-        guard.update(x, n - 1)
+        for k in range(1, n + 1):
+            guard.update(ys[k], k - 1)
         guard.check(f"torchsde ({self.method})", grid)
+        if callback is not None:
+            for k in range(1, n + 1):
+                callback(StepInfo(k - 1, grid.steps, grid.t_list[k - 1], grid.t_list[k], ys[k].reshape(x.shape)))
+        x = ys[-1].reshape(x.shape)
         if grid.ends_at_data:
             x = model.x0(x, torch.full((x.shape[0],), t_end, device=x.device, dtype=x.dtype))
         return x
 
 
-__all__ = ["TorchSDE", "StackedBrownian"]
+__all__ = ["TorchSDE", "StackedBrownian", "torchsde_strong_orders"]

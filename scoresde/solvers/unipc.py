@@ -7,7 +7,8 @@ import math
 import numpy as np
 from torch import Tensor
 
-from scoresde.solvers.base import Solver, StepContext, register
+from scoresde.solvers.base import StepContext, register
+from scoresde.solvers.sigma_term import SigmaSolver
 
 VARIANTS = ("bh1", "bh2")
 
@@ -40,7 +41,7 @@ def _weighted(weights: np.ndarray, tensors: list[Tensor]) -> Tensor:
 
 
 @register
-class UniPC(Solver):
+class UniPC(SigmaSolver):
     """UniPC with data prediction: after each network evaluation at the predicted point, the corrector UniC
     refines that point with the new evaluation (no extra NFE), then the predictor UniP-p extrapolates.
 
@@ -55,8 +56,6 @@ class UniPC(Solver):
     Order p + 1 with the corrector, p without."""
 
     name = "unipc"
-    uses = "denoiser"
-    reaches_data = True
 
     def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True, lower_order_final: bool = True):
         if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= 3:
@@ -89,18 +88,19 @@ class UniPC(Solver):
         rhos = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
         return out - b_h * _weighted(rhos, diffs + [newest - m0])
 
-    def step(self, x: Tensor, ctx: StepContext) -> Tensor:
-        sig, s_list, i, state = ctx.grid.sigma_list, ctx.grid.s_list, ctx.i, ctx.state
-        denoised = ctx.predict(x, "x0")
-        if sig[i + 1] == 0:
+    def step_hat(self, x_hat: Tensor, ctx: StepContext) -> Tensor:
+        term, i, state = ctx.term, ctx.i, ctx.state
+        denoised = term.denoise(x_hat, i)
+        if term.sigma(i + 1) == 0:
             return denoised
-        x_hat, lam = x / s_list[i], -math.log(sig[i])
+        lam = term.lam(i)
         history: list[tuple[Tensor, float]] = state.setdefault("history", [])
         if self.corrector and history:
-            x_hat = self._update(state["x_hat"], history, lam, sig[i] / sig[i - 1], state["order"], denoised)
+            x_hat = self._update(state["x_hat"], history, lam, term.sigma(i) / term.sigma(i - 1), state["order"],
+                                 denoised)
         history.append((denoised, lam))
         del history[:-self.solver_order]
         final = ctx.grid.steps - i if self.lower_order_final else self.solver_order
         order = min(self.solver_order, len(history), final)
         state.update(x_hat=x_hat, order=order)
-        return s_list[i + 1] * self._update(x_hat, history, -math.log(sig[i + 1]), sig[i + 1] / sig[i], order)
+        return self._update(x_hat, history, term.lam(i + 1), term.sigma(i + 1) / term.sigma(i), order)
