@@ -54,7 +54,7 @@ def times(sde: sd.SDE) -> list[float]:
 
 # ---- exact minimum at a fixed time ---------------------------------------------------------------
 @pytest.mark.parametrize("weighting", ["std2", "likelihood"])
-@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm", "subvp", "cosine"])
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm", "subvp", "cosine", "flow"])
 def test_dsm_fixed_t_matches_closed_form(sde_name, weighting):
     sde, tb = sd.get_sde(sde_name), gaussian()
     model, loss = tb.model(sde), DSMLoss(weighting)
@@ -76,7 +76,7 @@ def test_dsm_image_shaped_data():
         assert loss(tb.model(sde), x0[:8], g).shape == (8,)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm", "subvp", "cosine"])
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm", "subvp", "cosine", "flow"])
 def test_likelihood_weighting_expected_over_t(sde_name):
     """Uniform t and importance-sampled t estimate the same closed-form E_t[g²·|score + ε/std|²]."""
     sde, tb = sd.get_sde(sde_name), gaussian()
@@ -128,7 +128,7 @@ def test_ddpm_expected_over_steps():
     assert_mc(DDPMLoss()(tb.model(sde), x0, g), exact)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm", "cosine"])
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm", "cosine", "flow"])
 def test_edm_fixed_sigma_matches_closed_form(sde_name):
     sde, tb, loss = sd.get_sde(sde_name), gaussian(), EDMLoss(sigma_data=0.7)
     for sigma in (0.05, 0.5, 3.0):
@@ -137,7 +137,7 @@ def test_edm_fixed_sigma_matches_closed_form(sde_name):
         assert_mc(loss(tb.model(sde), x0, g, sigma=sigma), lam * D * C**2 * sigma**2 / (C**2 + sigma**2))
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm"])
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm", "flow"])
 def test_edm_expected_over_sigma(sde_name):
     """σ_d = c gives exactly d at every σ; σ_d ≠ c is checked against Gauss–Hermite quadrature over ln σ."""
     sde, tb = sd.get_sde(sde_name), gaussian()
@@ -195,7 +195,7 @@ def test_exact_score_minimizes_every_loss(sde_name):
 
 
 # ---- parametrization independence ----------------------------------------------------------------
-@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm", "cosine"])
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "edm", "cosine", "flow"])
 def test_all_parametrizations_give_the_same_loss(sde_name):
     sde, tb = sd.get_sde(sde_name), sd.get_testbed("ring")
     losses = [DSMLoss(), DSMLoss("likelihood", importance_sampling=True), EDMLoss()]
