@@ -17,19 +17,22 @@ Its probability-flow ODE (Song et al. 2021, eq. 13) is the flow-matching ODE: wi
     f·x − ½g²·∇log p_t = (−x + E[ε | x])/(1 − t) = E[ε − x₀ | x_t = x],
 
 because ``x = (1 − t)E[x₀ | x] + t·E[ε | x]``. The right side is the marginal velocity field that
-conditional flow matching regresses on (Lipman et al. 2023, eqs. 8–9; Liu et al. 2023, eq. 3; Albergo &
-Vanden-Eijnden 2023, eq. 2.10 with I_t = (1 − t)x₀ + tε): a flow model's ``u = ε − x₀`` prediction *is* the
+conditional flow matching regresses on (Lipman et al. 2023, Thm. 1 / eq. 8; Liu et al. 2023, eq. 1; Albergo &
+Vanden-Eijnden 2023, with the interpolant I_t = (1 − t)x₀ + tε): a flow model's ``u = ε − x₀`` prediction *is* the
 PF-ODE drift under this SDE (tests/test_flow.py checks it exactly on a Gaussian mixture).
 
 The reverse SDE (Song et al. 2021, eq. 6) uses the forward SDE's own g: ``dx = [f·x − g²∇log p_t] dt + g dw̄``
 with ``g² = 2t/(1 − t)``. :class:`InterpolantReverseSDE` is the whole one-parameter family with the same
-marginals (stochastic interpolants, Albergo, Boffi & Vanden-Eijnden 2023, eq. 2.33 with ε(t) = ½γ²g²): diffusion
-``γ·g`` and drift ``f·x − ½(1 + γ²)g²∇log p_t``; γ = 1 is the reverse SDE, γ = 0 the PF-ODE.
+marginals (stochastic interpolants, Albergo, Boffi & Vanden-Eijnden 2023, §2: the generative SDEs with diffusion
+coefficient ε(t) = ½γ²g²): diffusion ``γ·g`` and drift ``f·x − ½(1 + γ²)g²∇log p_t``; γ = 1 is the reverse SDE,
+γ = 0 the PF-ODE. The registered stochastic solvers integrate γ = 1.
 
 Endpoints: at t = 1, s = 0 and σ = f = g² = ∞, so the horizon the library samples from and trains up to is
 ``T = 0.999`` (σ(T) = 999) by default; ``t_min = 1e-3`` (σ ≈ 1.001e-3) as for the VP SDE. The prior is
-``N(0, I)``, the flow-matching prior (Lipman et al. 2023, §4): q_T = N((1 − T)·x₀, T²) differs from it by
-O(1 − T).
+``N(0, I)``, the flow-matching prior (Lipman et al. 2023, §4): q(x_T | x₀) = N((1 − T)·x₀, T²I) differs from it
+by O(1 − T). Near T the coefficients are stiff (f(T) = −1000, g(T)² ≈ 2000): the σ-space solvers do not see them,
+and the kernel-based stochastic steps use the exact kernel; Euler–Maruyama's first step on a coarse uniform grid is
+far off, but with 64 uniform steps every registered solver recovers a Gaussian (tests/test_flow_sampling.py).
 """
 from __future__ import annotations
 
@@ -93,7 +96,7 @@ class InterpolantReverseSDE(ReverseSDE):
 
     ``dx = [f(t)x − ½(1 + γ²)g(t)²∇log p_t(x)] dt + γ·g(t) dw̄``
 
-    (Albergo, Boffi & Vanden-Eijnden 2023, "Stochastic interpolants", eq. 2.33 with ε(t) = ½γ²g(t)²; cf. the
+    (Albergo, Boffi & Vanden-Eijnden 2023, "Stochastic interpolants", §2, with their ε(t) = ½γ²g(t)²; cf. the
     Langevin term of Karras et al. 2022, eq. 6). γ = 1 is :class:`ReverseSDE`
     (Song et al. 2021, eq. 6); γ = 0 is the probability-flow ODE. The Fokker–Planck equation of every member
     is the forward one, since the extra ``½(γ² − 1)g²∇log p`` drift cancels the extra ``½(γ² − 1)g²Δp``
