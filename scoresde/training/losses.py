@@ -8,7 +8,7 @@ Every loss is written against the :class:`scoresde.ScoreModel` interface only: i
 level), perturbs ``x0`` with the SDE's own marginal ``x_t = s(t)·x0 + std(t)·ε``, asks the model for the
 quantity the loss is written in (``model.predict(x_t, t, kind)``) and returns the per-sample loss summed
 over every data dimension, shape (B,). The caller takes the mean. So every loss trains every
-parametrization (score, ε, x₀, v) under every SDE, and the exact-score testbeds give its exact minimum.
+parametrization (score, ε, x₀, v, velocity) under every SDE, and the exact-score testbeds give its exact minimum.
 
 Randomness is injected: pass a ``torch.Generator`` (on ``x0``'s device). Each loss also takes the time
 (``t``, ``step`` or ``sigma``) as an optional argument that fixes it, for tests and for plots of the loss
