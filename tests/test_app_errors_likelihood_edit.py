@@ -147,7 +147,7 @@ EDIT_BAD = [
     (["grid=nope"], ["grid must be one of", "karras", "'nope'"]),
     (["options.nope=1"], ["options.nope", "solver 'heun' takes no option 'nope'", "S_churn, S_tmin, S_tmax, S_noise"]),
     (["solver=ddim", "options.S_churn=1"], ["options.S_churn", "'ddim'", "its options: eta"]),
-    (["options.S_churn=abc"], ["options of solver 'heun'", "S_churn"]),
+    (["options.S_churn=abc"], ["options.S_churn of solver 'heun' must be a number"]),
     (["solver=ode", "options.method=nope"], ["options of solver 'ode'", "unknown torchdiffeq method 'nope'"]),
     (["options=5"], ["options must be a mapping", "options=5"]),
     (["method=nope"], ["method must be one of replace, repaint, both"]),

@@ -13,11 +13,9 @@ sampling starts; the console entry prints it as one line (:func:`scoresde.cli.co
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -55,6 +53,7 @@ from scoresde.cli.common import (
     plain,
     torch_threads,
 )
+from scoresde.cli.solver_options import build_solver
 from scoresde.data.from_config import load_data_config
 from scoresde.distributed import DistContext, init_distributed, resolve_device, shutdown
 from scoresde.errors import ConfigError, UnknownNameError, UserError
@@ -89,26 +88,13 @@ def budget_list(value: Any, key: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def solver_signature(name: str) -> str:
-    """The options the registered solver ``name`` takes, as ``a=default, b=default`` (its constructor's signature)."""
-    params = inspect.signature(scoresde.SOLVERS[name]).parameters.values()
-    shown = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in params
-             if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
-    return ", ".join(shown) or "no options"
-
-
 def check_entry(entry: Entry, key: str) -> None:
     """Build the entry's solver once, so that an unknown name, an option it does not take or a bad value is a
     ConfigError naming ``key`` (and, for options, listing the solver's own) before any work starts."""
     try:
-        scoresde.get_solver(entry.name, **entry.options)
-    except TypeError as err:
-        raise ConfigError(f"{key}.options: {err}; solver {entry.name!r} takes: {solver_signature(entry.name)}") \
-            from None
+        build_solver(entry.name, entry.options, f"{key}.options")
     except UnknownNameError as err:
         raise UnknownNameError(f"{key}.name: {err}") from None
-    except ValueError as err:
-        raise ConfigError(f"{key}.options: {err}") from None
     try:
         scoresde.make_grid(scoresde.VPSDE(), 2, entry.grid)
     except UnknownNameError as err:
@@ -376,34 +362,10 @@ def write_compare(cfg: DictConfig, result: dict[str, Any], settings: SweepSettin
     return results
 
 
-def solver_option_overrides(args: list[str]) -> list[str]:
-    """Command-line overrides with ``options.X=v`` and ``solvers.<label>.options.X=v`` turned into Hydra's
-    add-or-override form ``++...``, so that a solver option the config does not list works without a ``+``
-    (the solver itself then refuses an option it does not take, listing its own)."""
-    out = []
-    for arg in args:
-        key = arg.split("=", 1)[0]
-        parts = key.split(".")
-        if "=" in arg and not key.startswith(("+", "~")) and len(parts) >= 2 and (
-                parts[0] == "options" or (len(parts) >= 4 and parts[0] == "solvers" and parts[2] == "options")):
-            arg = "++" + arg
-        out.append(arg)
-    return out
-
-
-def with_option_overrides(console: Callable[[], None]) -> Callable[[], None]:
-    """``console`` run with :func:`solver_option_overrides` applied to ``sys.argv``."""
-    def main() -> None:
-        sys.argv = [sys.argv[0], *solver_option_overrides(sys.argv[1:])]
-        console()
-    main.__doc__ = console.__doc__
-    return main
-
-
 def console(app: str, config_name: str) -> Callable[[], None]:
     """The console entry ``scoresde-<app>`` running :func:`run` on ``configs/<config_name>.yaml``
     (:func:`scoresde.cli.common.app_main`), with solver options accepted without a ``+``."""
-    return with_option_overrides(app_main(app, run, config_name))
+    return app_main(app, run, config_name, option_keys=("options", "solvers.*.options"))
 
 
 register_all_solvers()

@@ -2,6 +2,7 @@
 line, typed config values that name their key, the output directory, seeds and the thread count."""
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import re
@@ -56,8 +57,24 @@ def _report(app: str, error: BaseException, show_traceback: bool) -> None:
     sys.exit(2)
 
 
-def app_main(app: str, task: Callable[[DictConfig], Any], config_name: str) -> Callable[[], None]:
+def open_key_overrides(args: list[str], option_keys: tuple[str, ...]) -> list[str]:
+    """Command-line overrides ``K.X=v`` whose parent ``K`` matches one of ``option_keys`` (fnmatch patterns, e.g.
+    ``options``, ``solvers.*.options``) in Hydra's add-or-override form ``++K.X=v``: a solver's options are not
+    listed in the config, and Hydra adds a key only with a ``+``. Every other argument passes unchanged."""
+    out = []
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if "=" in arg and "." in key and not key.startswith(("+", "~")) and \
+                any(fnmatch.fnmatchcase(key.rsplit(".", 1)[0], pattern) for pattern in option_keys):
+            arg = "++" + arg
+        out.append(arg)
+    return out
+
+
+def app_main(app: str, task: Callable[[DictConfig], Any], config_name: str, option_keys: tuple[str, ...] = ()
+             ) -> Callable[[], None]:
     """The console entry of ``scoresde-<app>``: the Hydra app (``configs/<config_name>.yaml``) running ``task``.
+    Overrides under ``option_keys`` (solver options) need no ``+`` (:func:`open_key_overrides`).
 
     A user error (:data:`USER_ERRORS`, Hydra's own errors about the command line and the config) is printed as
     ``scoresde-<app>: error: <message>`` on stderr with exit status 2; a failed torchrun rank as one line with
@@ -75,6 +92,7 @@ def app_main(app: str, task: Callable[[DictConfig], Any], config_name: str) -> C
     hydra_main = hydra.main(version_base=None, config_path=CONFIG_DIR, config_name=config_name)(run)
 
     def main() -> None:
+        sys.argv[1:] = open_key_overrides(sys.argv[1:], option_keys)
         show_traceback[0] = os.environ.get("HYDRA_FULL_ERROR") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its own errors, so that they reach this function
         try:

@@ -14,9 +14,7 @@ in one line that names the key (:func:`scoresde.cli.common.app_main`).
 """
 from __future__ import annotations
 
-import inspect
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from scoresde.cli.common import (
     plain,
     torch_threads,
 )
+from scoresde.cli.solver_options import build_solver
 from scoresde.distributed import resolve_device
 from scoresde.errors import ConfigError, UserError
 from scoresde.guidance import classifier_free_guidance
@@ -89,19 +88,6 @@ def float_list(cfg: DictConfig, key: str, **bounds: Any) -> list[float]:
     return [float_option({key: v}, key, **bounds) for v in values]
 
 
-def solver_parameters(cls: type) -> list[str]:
-    """The keyword options a solver class takes: its constructor's, up the MRO while one passes ``**kwargs``."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
-        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names]
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return names
-
-
 def sampler_settings(cfg: DictConfig) -> dict[str, Any]:
     """The solver (``solver=<name>`` from configs/solver/, its options merged with ``options``), ``steps`` and
     ``grid`` (null: the solver config's), checked by building the solver once: an option the solver does not take
@@ -117,17 +103,7 @@ def sampler_settings(cfg: DictConfig) -> dict[str, Any]:
     if not isinstance(name, str) or name not in scoresde.SOLVERS:
         raise ConfigError(f"solver must be one of {', '.join(sorted(scoresde.SOLVERS))}, got solver={name!r}")
     options = {**(entry.get("options") or {}), **options}
-    accepted = solver_parameters(scoresde.SOLVERS[name])
-    unknown = [k for k in options if k not in accepted]
-    takes = f"its options: {', '.join(accepted)}" if accepted else "it takes no options"
-    if unknown:
-        raise ConfigError(f"options.{unknown[0]}: solver {name!r} takes no option {unknown[0]!r}; {takes}")
-    try:
-        scoresde.get_solver(name, **options)
-    except TypeError as e:  # an option the constructor refuses in another way (the registry's message)
-        raise ConfigError(f"options of solver {name!r} ({options}): {one_line(e)}; {takes}") from None
-    except (UserError, ValueError) as e:
-        raise ConfigError(f"options of solver {name!r} ({options}): {one_line(e)}") from None
+    build_solver(name, options, "options")  # an option the solver does not take lists the ones it does
     grid = cfg.get("grid") if cfg.get("grid") is not None else entry.get("grid", "karras")
     if grid not in scoresde.GRIDS:
         raise ConfigError(f"grid must be one of {', '.join(scoresde.GRIDS)}, got grid={grid!r}")
@@ -354,19 +330,7 @@ def edit(cfg: DictConfig) -> dict[str, Any]:
     return {"png": path, "rows": rows}
 
 
-def with_solver_options(args: list[str]) -> list[str]:
-    """``options.X=v`` on the command line as ``++options.X=v``: the solver's options are not in the config
-    (``options: {}``), and Hydra adds a new key only with a ``+``."""
-    return [f"++{a}" if a.startswith("options.") and "=" in a else a for a in args]
-
-
-_main = app_main("edit", edit, "edit")
-
-
-def main() -> None:
-    """Console entry point ``scoresde-edit`` (Hydra overrides on the command line; ``options.X=`` needs no ``+``)."""
-    sys.argv[1:] = with_solver_options(sys.argv[1:])
-    _main()
+main = app_main("edit", edit, "edit", option_keys=("options",))
 
 
 if __name__ == "__main__":

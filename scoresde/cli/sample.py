@@ -20,7 +20,6 @@ included (no rank waits on another inside a batch).
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from scoresde.cli.common import (
     plain,
     torch_threads,
 )
-from scoresde.cli.solver_options import build_solver, option_overrides
+from scoresde.cli.solver_options import build_solver
 from scoresde.distributed import DistContext, cat_results, init_distributed, resolve_device, run_sharded, shutdown
 from scoresde.errors import ConfigError
 from scoresde.models import Preconditioned
@@ -244,14 +243,7 @@ def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     return write_outputs(cfg, x, nfes, seconds, path, step, entry, ctx)
 
 
-_console = app_main("sample", sample_checkpoint, "sample")
-
-
-def main() -> None:
-    """Console entry point ``scoresde-sample`` (Hydra overrides on the command line; ``options.X=...`` sets a
-    solver option)."""
-    sys.argv[1:] = option_overrides(sys.argv[1:], "options")
-    _console()
+main = app_main("sample", sample_checkpoint, "sample", option_keys=("options",))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """A registered solver built from a config's name and options, with a wrong option or value named in one line.
 
-Shared by the apps that take ``<prefix>solver`` and ``<prefix>options`` (``scoresde-sample``: ``options.X=...``;
-``scoresde-train``: ``sample.options.X=...``). The solvers themselves are untouched: an option a solver's
+Shared by every app that takes a solver and its options (``scoresde-sample`` and ``scoresde-edit``: ``options.X=...``;
+``scoresde-train``: ``sample.options.X=...``; ``scoresde-bench``/``scoresde-compare``: ``options.X=...`` and
+``solvers.<label>.options.X=...``; :func:`scoresde.cli.common.app_main` lets these be given without a ``+``).
+The solvers themselves are untouched: an option a solver's
 constructor does not take (its ``TypeError``) becomes a :class:`~scoresde.errors.ConfigError` that lists the
 options its class accepts (from :func:`inspect.signature`), and a number option given a string or a bool is refused
 before the solver sees it.
@@ -18,21 +20,22 @@ from scoresde.errors import ConfigError
 
 
 def solver_parameters(name: str) -> dict[str, inspect.Parameter]:
-    """The keyword parameters of solver ``name``'s constructor (empty when it cannot be inspected)."""
-    try:
-        signature = inspect.signature(scoresde.SOLVERS[name])
-    except (KeyError, TypeError, ValueError):
-        return {}
-    return {p.name: p for p in signature.parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def _takes_any_keyword(name: str) -> bool:
-    try:
-        signature = inspect.signature(scoresde.SOLVERS[name])
-    except (KeyError, TypeError, ValueError):
-        return True
-    return any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    """The keyword options solver ``name`` takes: its constructor's, up the class hierarchy while a constructor
+    passes ``**kwargs`` on (empty when it cannot be inspected)."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in getattr(scoresde.SOLVERS.get(name), "__mro__", ()):
+        if "__init__" not in vars(klass):
+            continue
+        try:
+            params = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        except (TypeError, ValueError):
+            break
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                found.setdefault(p.name, p)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return found
 
 
 def _is_number_default(default: Any) -> bool:
@@ -57,7 +60,7 @@ def build_solver(name: str, options: dict[str, Any] | None, key: str = "options"
     if name not in scoresde.SOLVERS:
         scoresde.get_solver(name)  # the registry's UnknownNameError, listing the solvers
     unknown = sorted(set(options) - set(solver_parameters(name)))
-    if unknown and not _takes_any_keyword(name):
+    if unknown:
         accepted = ", ".join(solver_parameters(name))
         takes = f"its options: {accepted}" if accepted else "it takes no options"
         raise ConfigError(f"{key}.{unknown[0]}: solver {name!r} takes no option {unknown[0]!r}; {takes}")
@@ -71,11 +74,4 @@ def build_solver(name: str, options: dict[str, Any] | None, key: str = "options"
         raise ConfigError(f"{key} of solver {name!r}: {e}") from None
 
 
-def option_overrides(args: list[str], prefix: str) -> list[str]:
-    """Command-line overrides with ``<prefix>.X=v`` turned into ``++<prefix>.X=v`` (add or override): a config's
-    solver options start empty (``options: {}``), and Hydra refuses a plain override of a key the config does not
-    have yet. ``+``/``++``/``~`` overrides and every other argument pass unchanged."""
-    return [f"++{a}" if a.startswith(f"{prefix}.") and "=" in a else a for a in args]
-
-
-__all__ = ["build_solver", "check_option_values", "option_overrides", "solver_parameters"]
+__all__ = ["build_solver", "check_option_values", "solver_parameters"]

@@ -35,7 +35,6 @@ Presets: ``scoresde-train train=fashion_mnist`` (``configs/train/``).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ from scoresde.cli.common import (
     plain,
     torch_threads,
 )
-from scoresde.cli.solver_options import build_solver, option_overrides
+from scoresde.cli.solver_options import build_solver
 from scoresde.data.from_config import load_data_config
 from scoresde.distributed import DistContext, broadcast_object, init_distributed, resolve_device, shutdown
 from scoresde.errors import ConfigError
@@ -331,14 +330,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "log_dir": str(trainer.log_dir), "rank": ctx.rank, "world_size": ctx.world_size}
 
 
-_console = app_main("train", train, "train")
-
-
-def main() -> None:
-    """Console entry point ``scoresde-train`` (Hydra overrides on the command line; ``sample.options.X=...`` sets
-    an option of the sample-grid solver)."""
-    sys.argv[1:] = option_overrides(sys.argv[1:], "sample.options")
-    _console()
+# ``scoresde-train``: a bad config prints one line, ``scoresde-train: error: ...``, and exits with status 2; a failed
+# rank under torchrun, one line and status 1; ``sample.options.X=...`` sets an option of the sample-grid solver.
+main = app_main("train", train, "train", option_keys=("sample.options",))
 
 
 if __name__ == "__main__":
