@@ -1,0 +1,102 @@
+"""The timing helper interleaves, pairs its ratios, and says "not resolved" when a difference is inside the noise."""
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+import torch
+
+from scoresde.bench.timing import Comparison, Conditions, Ratio, Stopwatch, Summary, compare, pin_conditions
+
+
+def recorder(calls: list[str], name: str, pause: float = 0.0):
+    def run(*inputs):
+        calls.append(name)
+        if pause:
+            time.sleep(pause)
+    return run
+
+
+def test_rounds_are_interleaved_after_the_warm_up():
+    calls: list[str] = []
+    impls = {n: recorder(calls, n) for n in "ABC"}
+    result = compare(impls, repeats=4, warmup=2)
+    assert calls[:6] == list("ABCABC")                   # warm-up: whole rounds first, untimed
+    timed = calls[6:]
+    assert timed == result.order == list("ABC" "BCA" "CAB" "ABC")  # every round once each, rotated by one
+    assert all(len(v) == 4 for v in result.times.values())
+    plain: list[str] = []
+    compare({n: recorder(plain, n) for n in "AB"}, repeats=3, warmup=0, rotate=False)
+    assert plain == list("ABABAB")
+
+
+def test_every_implementation_gets_the_same_input_objects():
+    x, seen = torch.zeros(3), []
+    compare({"a": lambda t: seen.append(id(t)), "b": lambda t: seen.append(id(t))}, (x,), repeats=3, warmup=1)
+    assert set(seen) == {id(x)}
+
+
+def test_a_slowed_implementation_is_reported_slower_and_resolved():
+    fast = lambda: sum(range(100))  # noqa: E731
+    slow = lambda: (time.sleep(0.004), fast())  # noqa: E731
+    result = compare({"fast": fast, "slow": slow}, repeats=15, warmup=1)
+    ratio = result.ratio("slow", "fast")
+    assert ratio.resolved and ratio.side == 1 and ratio.verdict(below="faster", above="slower") == "slower"
+    assert result.ratio("fast", "slow").verdict() == "yes"
+    assert result.summary("slow").median >= 0.004
+
+
+def test_an_equal_pair_is_not_resolved():
+    """The same function under two names: the paired ratios scatter around 1, so no winner is named (with 61
+    rounds an IQR on one side of 1 would need ≥ 46 of 61 fair coin flips alike, p ≈ 1e-4)."""
+    work = lambda: time.sleep(0.001)  # noqa: E731
+    ratio = compare({"A": work, "B": work}, repeats=61, warmup=2).ratio("A", "B")
+    assert ratio.summary.q25 <= 1 <= ratio.summary.q75
+    assert not ratio.resolved and ratio.verdict() == "not resolved"
+
+
+def test_ratio_is_of_paired_runs_and_held_against_its_target():
+    cond = Conditions(1, True, "cpu")
+    result = Comparison({"a": [1.0, 4.0, 2.0], "b": [2.0, 2.0, 4.0]}, [], cond)
+    assert result.ratio("a", "b").summary.median == pytest.approx(0.5)  # pairs 0.5, 2, 0.5; medians' ratio is 1
+    assert result.ratio("a", "b", target=3.0).verdict() == "yes"
+    assert Ratio("a", "b", Summary(1.4, 1.3, 1.6, 9), target=1.5).verdict() == "not resolved"
+
+
+def test_a_noisy_run_is_refused_with_its_reasons():
+    cond = Conditions(1, True, "cpu")
+    steady = Comparison({"a": [1.0, 1.01, 0.99, 1.0], "b": [2.0, 2.0, 2.01, 1.99]}, [], cond)
+    assert steady.too_noisy([steady.ratio("a", "b")]) == []
+    noisy = Comparison({"a": [1.0, 2.0, 0.5, 1.0], "b": [2.0, 2.0, 2.0, 2.0]}, [], cond)
+    reasons = noisy.too_noisy([noisy.ratio("a", "b")], threshold=0.1)
+    assert any(r.startswith("a:") for r in reasons) and any(r.startswith("a/b:") for r in reasons)
+
+
+def test_conditions_are_pinned_and_described():
+    before = torch.get_num_threads()
+    try:
+        cond = pin_conditions(threads=1)
+        assert torch.get_num_threads() == cond.threads == 1
+        text = compare({"a": lambda: None}, repeats=2, warmup=0, conditions=cond).conditions.describe()
+        assert "1 torch threads" in text and "flush-denormal" in text and "load average" in text
+    finally:
+        torch.set_num_threads(before)
+    assert Conditions(1, True, "cpu", cores=2, load_before=(3.0, 3.0, 3.0)).loaded
+    assert not Conditions(1, True, "cpu", cores=2, load_before=(0.2, 0.3, 0.3), load_after=(1.1, 0.5, 0.4)).loaded
+
+
+def test_stopwatch_uses_the_injected_clock_and_synchronises_only_on_cuda():
+    ticks = itertools.count(10.0, 0.5)
+    with Stopwatch("cpu", clock=lambda: next(ticks)) as sw:
+        pass
+    assert sw.seconds == 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_stopwatch_times_queued_cuda_work():
+    x = torch.randn(2048, 2048, device="cuda")
+    with Stopwatch("cuda") as sw:
+        for _ in range(10):
+            x = x @ x / 2048
+    assert sw.seconds > 0
