@@ -172,3 +172,16 @@ def test_velocity_mlp_on_the_ring_is_within_twice_the_exact_sliced_wasserstein()
         sw[name] = sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0))
     assert nfe["net"] == nfe["exact"] == 36
     assert sw["net"] < 2 * sw["exact"], sw
+
+
+def test_takes_a_label_builder_for_class_conditional_training():
+    """As the other losses: a builder labels -> ScoreModel (label dropout / guidance), and labels with a plain
+    ScoreModel are refused."""
+    model = Preconditioned(MLP(2, hidden=16, depth=1, num_classes=2), kind="velocity")
+    sde, loss = sd.get_sde("flow"), FlowMatchingLoss("logit_normal")
+    x0, y = torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1] * 4)
+    a = loss(lambda labels: model.score_model(sde, labels), x0, torch.Generator().manual_seed(0), class_labels=y)
+    b = loss(model.score_model(sde, y), x0, torch.Generator().manual_seed(0))
+    assert a.shape == (8,) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="builder"):
+        loss(model.score_model(sde), x0, class_labels=y)
