@@ -324,7 +324,8 @@ def from_diffusers(unet_or_dir: nn.Module | str | Path, scheduler: Any = None, *
     if isinstance(unet_or_dir, (str, Path)):
         root, subfolder, candidates = _resolve(Path(unet_or_dir), subfolder)
         spec = _scheduler_spec(scheduler, candidates)
-        unet = _load_unet(root, subfolder, dtype)
+        unet = _load_unet(root, subfolder, dtype)  # loaded in dtype (diffusers' torch_dtype)
+        dtype = None
     elif isinstance(unet_or_dir, nn.Module):
         if scheduler is None:
             raise UserError("a model object needs scheduler= (a diffusers scheduler, its config dict or the path of "
@@ -332,7 +333,9 @@ def from_diffusers(unet_or_dir: nn.Module | str | Path, scheduler: Any = None, *
         spec, unet = _scheduler_spec(scheduler, []), unet_or_dir
     else:
         raise UserError(f"from_diffusers takes a diffusers UNet or a directory, got {type(unet_or_dir).__name__}")
-    unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if device is not None or dtype is not None:
+        unet = unet.to(device=device, dtype=dtype)
+    unet = unet.eval().requires_grad_(False)
     labels = conditioning.pop("class_labels", None)
     network = DiffusersNetwork(unet, spec, conditioning)
     return network.score_model(class_labels=labels), network.sde
