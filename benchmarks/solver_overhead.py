@@ -32,33 +32,45 @@ by default):
   the scheduler object is built once, outside;
 * ``model``     — the model calls alone (as many as scoresde's NFE), the floor of any sampler.
 
-Every implementation is timed end to end with ``time.perf_counter`` (``torch.cuda.synchronize()``
-before and after on CUDA), after warm-up runs, ``--repeats`` times in round-robin order (so slow
-drifts of the machine hit all of them alike); the median run is divided by the number of steps.
-A second table reports the fastest run instead of the median: on a shared machine (other jobs on
-the same cores) it is the run least disturbed by them, and the steadier of the two views.
+Every implementation is timed end to end by :mod:`scoresde.bench.timing`: the torch thread count is pinned
+(``--threads``, else torch's default, recorded) and denormals are flushed where the CPU supports it (the output
+says so); every implementation gets the same x_T, allocated once outside the timed region; after ``--warmup``
+untimed rounds, ``--repeats`` rounds each run every implementation once, interleaved and rotated (A B C, B C A, …),
+so a slow drift or a burst of other jobs hits all of them alike (CUDA: events and ``torch.cuda.synchronize()``).
+Each figure is the median and interquartile range (IQR) over the rounds; a ratio is the median and IQR of the
+*paired* ratios (the two implementations' times in the same round), and a yes/no against a target becomes
+"not resolved" when the ratio's IQR straddles the target. The load average before and after is printed.
 Heun costs two evaluations per step (scoresde: 2N on a grid that stops at t_min; diffusers: 2N − 1),
 so its ms/step is per solver step, not per evaluation; the NFE column says how many there were.
 
-Reported per method: ms/step of each, the ratio scoresde/bare (target ≤ 1.5), the ratio
-scoresde/diffusers (target ≤ 1/3), the absolute overhead of scoresde over the bare loop in µs per
-step, and — more noisily, since it divides two small differences — the overhead beyond the model
-call, ``(scoresde − model)/(bare − model)``.
+Reported per method: ms/step of each, the ratio scoresde/bare (target ≤ 1.5), the ratio scoresde/diffusers
+(against 1 and against the target ≤ 1/3), and the paired overhead of scoresde and of diffusers over the bare
+loop in µs per step.
+
+Separate runs, and what they agree on
+-------------------------------------
+``--out run1.json`` keeps a run; ``--agree run1.json run2.json run3.json`` measures nothing and prints what the runs
+agree on: per figure the median of the medians and the envelope of the IQRs where the IQRs overlap, "disagree"
+(with each run's median) where they do not, and a verdict only where every run gives the same one.
+``--write README.md`` replaces the table between ``<!-- solver_overhead: begin -->`` and ``<!-- solver_overhead:
+end -->``, and refuses (exit 3, the table printed only) when any quoted figure of any run (scoresde, bare and
+diffusers ms/step, the two ratios) has IQR/median above ``--max-spread`` (default 10 %).
 
 How to run
 ----------
     python benchmarks/solver_overhead.py                          # CPU, 50 steps, batch 64
     python benchmarks/solver_overhead.py --device cuda --out results/overhead_cuda.json
-    python benchmarks/solver_overhead.py --steps 20 --batch 16 --repeats 20 --methods ddim heun
+    python benchmarks/solver_overhead.py --steps 20 --batch 16 --repeats 21 --methods ddim heun
+    for i in 1 2 3; do python benchmarks/solver_overhead.py --threads 1 --out run$i.json; done
+    python benchmarks/solver_overhead.py --agree run1.json run2.json run3.json --write README.md
 
 diffusers is optional (``pip install diffusers``); without it the diffusers columns read "n/a".
 On CPU, glibc returns freed large blocks to the OS, and every fresh page of a new full-size
 temporary then page-faults: that can cost as much as the arithmetic and depends on the exact order
 of allocations, so it moves any of the three implementations by tens of percent from run to run.
 The page faults per step are in the JSON; ``--keep-memory`` switches the trimming off (``mallopt``)
-for steadier numbers. ``torch.set_num_threads`` is left at torch's default unless ``--threads`` is
-given. On a machine shared with other jobs, intra-op threads wait on one another and the timings
-scatter widely; the "min" table and ``--threads 1`` are then the steadier views.
+for steadier numbers. On a machine shared with other jobs, intra-op threads wait on one another and
+the timings scatter widely; ``--threads 1`` is then the steadier view.
 """
 from __future__ import annotations
 
@@ -67,11 +79,10 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +91,17 @@ from torch import Tensor
 
 import scoresde
 from scoresde import VPSDE, ScoreModel, get_solver, make_grid
+from scoresde.bench.timing import (
+    MAX_SPREAD,
+    Agreement,
+    Comparison,
+    Conditions,
+    Summary,
+    compare,
+    pin_conditions,
+    too_noisy,
+    write_between_markers,
+)
 from scoresde.solvers import GeneratorNoise, TimeGrid
 
 METHODS = ("ancestral", "ddim", "euler", "heun", "dpmpp_2m")
@@ -201,13 +223,13 @@ def import_diffusers() -> Any:
             "dpmpp_2m": lambda: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)}
 
 
-def diffusers_runner(method: str, scheduler: Any, fn: Callable, x_T: Tensor, steps: int, g: torch.Generator
-                     ) -> tuple[Callable[[], Tensor], Callable[[], int]]:
+def diffusers_runner(method: str, scheduler: Any, fn: Callable, steps: int, g: torch.Generator
+                     ) -> tuple[Callable[[Tensor], Tensor], Callable[[], int]]:
     scale = method in ("euler", "heun")
     kw = {"generator": g} if method == "ancestral" else {}
     calls = [0]
 
-    def run() -> Tensor:
+    def run(x_T: Tensor) -> Tensor:
         g.manual_seed(SEED)
         scheduler.set_timesteps(steps, device=x_T.device)
         x = x_T * scheduler.init_noise_sigma
@@ -222,12 +244,7 @@ def diffusers_runner(method: str, scheduler: Any, fn: Callable, x_T: Tensor, ste
     return run, lambda: calls[0]
 
 
-# ---- timing ---------------------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
+# ---- conditions ----------------------------------------------------------------------------------------------
 def minor_faults() -> int:
     """Minor page faults of this process so far (0 where getrusage is unavailable)."""
     try:
@@ -250,31 +267,18 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def time_round_robin(runners: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
-                     ) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
-    """Seconds per run of each runner (and the page faults it took); each repeat runs every runner once, in a
-    rotated order. Page faults matter on CPU: glibc hands freed large blocks back to the OS and every fresh
-    page of a new temporary then faults, which can cost as much as the arithmetic."""
-    names = list(runners)
-    for _ in range(warmup):
-        for name in names:
-            runners[name]()
-    sync(device)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    faults: dict[str, list[int]] = {name: [] for name in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            sync(device)
-            f0, t0 = minor_faults(), time.perf_counter()
-            runners[name]()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-            faults[name].append(minor_faults() - f0)
-    return times, faults
+def faults_per_step(runners: dict[str, Callable[[Tensor], Any]], x: Tensor, steps: int) -> dict[str, float]:
+    """Minor page faults per step of each runner, from one extra untimed call (not inside the timed rounds)."""
+    out = {}
+    for name, run in runners.items():
+        f0 = minor_faults()
+        run(x)
+        out[name] = (minor_faults() - f0) / steps
+    return out
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
+    """CPU, cores and versions (the pinned conditions and load are recorded separately)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -284,9 +288,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
                     break
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "scoresde": scoresde.__version__,
-            "device": str(device), "platform": platform.platform()}
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "scoresde": scoresde.__version__, "device": str(device), "platform": platform.platform(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -294,11 +298,13 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 # ---- one method -----------------------------------------------------------------------------------------------
-def bench_method(method: str, args: argparse.Namespace, device: torch.device, dif: Any) -> dict[str, Any]:
+def bench_method(method: str, args: argparse.Namespace, device: torch.device, dif: Any, conditions: Conditions
+                 ) -> dict[str, Any]:
+    """Time every implementation of ``method`` interleaved on one x_T; the row of figures (median and IQR)."""
     sde = VPSDE()
     model = ScoreModel(model_fn, sde, prediction="eps")
     shape = (args.batch, 3, 32, 32)
-    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(SEED)).to(device)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(SEED)).to(device)  # the one input of all
     g = torch.Generator(device=device)
     noise = GeneratorNoise(g)
     solver = get_solver(method, **SOLVER_OPTIONS.get(method, {}))
@@ -306,94 +312,132 @@ def bench_method(method: str, args: argparse.Namespace, device: torch.device, di
     coeffs = make_coeffs(sde, grid, args.batch, device, x_T.dtype)
     bare = BARE[method]
 
-    def run_scoresde() -> Tensor:
+    def run_scoresde(x: Tensor) -> Tensor:
         g.manual_seed(SEED)
-        return scoresde.sample(model, method, args.steps, x_T=x_T, noise=noise, grid="uniform",
+        return scoresde.sample(model, method, args.steps, x_T=x, noise=noise, grid="uniform",
                                **SOLVER_OPTIONS.get(method, {}))
 
-    def run_solver() -> Tensor:
+    def run_solver(x: Tensor) -> Tensor:
         g.manual_seed(SEED)
-        return solver.sample(model, x_T, grid, noise)
+        return solver.sample(model, x, grid, noise)
 
-    def run_bare() -> Tensor:
+    def run_bare(x: Tensor) -> Tensor:
         g.manual_seed(SEED)
-        return bare(model_fn, x_T, coeffs, g)
+        return bare(model_fn, x, coeffs, g)
 
     # correctness of the bare loop and the NFE of scoresde
     model.reset_nfe()
-    ref = run_scoresde()
+    ref = run_scoresde(x_T)
     nfe = model.nfe
-    got = run_bare()
+    got = run_bare(x_T)
     max_diff = float((ref - got).abs().max())
     scale = float(ref.abs().max())
     if not max_diff <= 1e-4 * max(scale, 1.0):
         print(f"# WARNING {method}: the bare loop differs from scoresde by {max_diff:.3g} (|x| ≤ {scale:.3g})",
               file=sys.stderr)
 
-    runners: dict[str, Callable[[], Any]] = {"scoresde": run_scoresde, "solver": run_solver, "bare": run_bare,
-                                             "model": lambda: model_only(model_fn, x_T, coeffs, nfe)}
+    runners: dict[str, Callable[[Tensor], Any]] = {"scoresde": run_scoresde, "solver": run_solver, "bare": run_bare,
+                                                   "model": lambda x: model_only(model_fn, x, coeffs, nfe)}
     diff_nfe = None
     if dif is not None:
-        run_dif, dif_calls = diffusers_runner(method, dif[method](), model_fn, x_T, args.steps, g)
-        run_dif()
+        run_dif, dif_calls = diffusers_runner(method, dif[method](), model_fn, args.steps, g)
+        run_dif(x_T)
         diff_nfe = dif_calls()
         runners["diffusers"] = run_dif
 
     with torch.inference_mode():
-        times, faults = time_round_robin(runners, device, args.repeats, args.warmup)
-    row: dict[str, Any] = {"method": method, "nfe": nfe, "diffusers_nfe": diff_nfe, "bare_max_abs_diff": max_diff,
-                           "runs_s": times,
-                           "minor_faults_per_step": {k: statistics.median(v) / args.steps for k, v in faults.items()}}
-    for stat, reduce in (("median", statistics.median), ("min", min)):
-        ms = {k: 1e3 * reduce(v) / args.steps for k, v in times.items()}
-        row[stat] = summarize(ms)
-    return row
+        result = compare(runners, (x_T,), repeats=args.repeats, warmup=args.warmup, device=device,
+                         conditions=conditions)
+        faults = faults_per_step(runners, x_T, args.steps)
+    return {"method": method, "nfe": nfe, "diffusers_nfe": diff_nfe, "bare_max_abs_diff": max_diff,
+            "runs_s": result.times, "minor_faults_per_step": faults,
+            "figures": {k: asdict(v) for k, v in figures(result, args.steps).items()}}
 
 
-def summarize(ms: dict[str, float]) -> dict[str, Any]:
-    """Ratios and differences from the ms/step of each implementation."""
-    out: dict[str, Any] = {f"{k}_ms_per_step": v for k, v in ms.items()}
-    sde_ms, bare_ms, model_ms = ms["scoresde"], ms["bare"], ms["model"]
-    out["ratio_scoresde_bare"] = sde_ms / bare_ms
-    out["ratio_solver_bare"] = ms["solver"] / bare_ms
-    out["overhead_vs_bare_us_per_step"] = 1e3 * (sde_ms - bare_ms)
-    out["overhead_beyond_model_ratio"] = (sde_ms - model_ms) / (bare_ms - model_ms) if bare_ms > model_ms else None
-    if "diffusers" in ms:
-        out["ratio_scoresde_diffusers"] = sde_ms / ms["diffusers"]
-        out["diffusers_overhead_vs_bare_us_per_step"] = 1e3 * (ms["diffusers"] - bare_ms)
-    out["meets_1.5x_bare"] = out["ratio_scoresde_bare"] <= 1.5
-    out["meets_third_of_diffusers"] = (out["ratio_scoresde_diffusers"] <= 1 / 3) if "diffusers" in ms else None
+TARGETS = {"scoresde/bare": 1.5, "solver/bare": 1.5, "scoresde/diffusers": 1 / 3}
+QUOTED = ("scoresde_ms", "bare_ms", "diffusers_ms", "scoresde/bare", "scoresde/diffusers")  # held to the threshold
+
+
+def figures(result: Comparison, steps: int) -> dict[str, Summary]:
+    """Median and IQR of each implementation's ms/step, of the paired ratios and of the paired overheads
+    (µs/step over the bare loop)."""
+    out = {f"{k}_ms": result.summary(k, 1e3 / steps) for k in result.times}
+    for key in TARGETS:
+        num, den = key.split("/")
+        if num in result.times and den in result.times:
+            out[key] = result.ratio(num, den).summary
+    for k in ("scoresde", "diffusers"):
+        if k in result.times:
+            out[f"{k}-bare_us"] = result.difference(k, "bare", 1e6 / steps)
     return out
 
 
-def fmt(v: Any, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
+# ---- the table: one run, or what several separate runs agree on ------------------------------------------------
+def agreed(runs: list[dict[str, Any]], method: str, key: str) -> Agreement | None:
+    """The figure ``key`` of ``method`` in every run (None when a run lacks it, e.g. no diffusers)."""
+    found = [next((r["figures"].get(key) for r in run["results"] if r["method"] == method), None) for run in runs]
+    return None if any(f is None for f in found) else Agreement(tuple(Summary(**f) for f in found))
 
 
-def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace, stat: str) -> str:
-    head = (f"Machine: {info['cpu']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads), "
-            f"torch {info['torch']}, device {info['device']}"
-            + (", glibc keeps freed memory (--keep-memory)" if info.get("malloc_keep_memory") else "")
+def markdown(runs: list[dict[str, Any]]) -> str:
+    """The overhead table of one run (median [IQR]) or of several (median of medians [IQR envelope], or
+    "disagree" where the runs' IQRs do not overlap), with the machine, settings and each run's conditions."""
+    info, config = runs[0]["machine"], runs[0]["config"]
+    head = (f"Machine: {info['cpu']}, {info['cpu_cores']} cores, torch {info['torch']}, device {info['device']}"
             + (f" ({info['gpu']})" if "gpu" in info else "")
-            + (f", diffusers {info['diffusers']}" if info.get("diffusers") else ", diffusers n/a") + "\n"
-            f"Batch {args.batch}×3×32×32 float32, VP SDE, {args.steps} steps (uniform grid), model eps = 0.5·x; "
-            f"{stat} of {args.repeats} runs after {args.warmup} warm-up.\n\n")
-    cols = ["method", "NFE sde/diff", "scoresde ms/step", "solver.sample ms/step", "bare ms/step",
-            "diffusers ms/step", "model-only ms/step", "scoresde/bare", "scoresde/diffusers",
-            "scoresde−bare µs/step", "diffusers−bare µs/step", "(sde−model)/(bare−model)", "≤1.5× bare", "≤⅓ diffusers"]
+            + (f", diffusers {info['diffusers']}" if info.get("diffusers") else ", diffusers n/a")
+            + (", glibc keeps freed memory (--keep-memory)" if info.get("malloc_keep_memory") else "") + "\n"
+            f"Batch {config['batch']}×3×32×32 float32, VP SDE, {config['steps']} steps (uniform grid), model "
+            f"eps = 0.5·x; {config['repeats']} interleaved rounds after {config['warmup']} warm-up, "
+            f"{len(runs)} separate run(s).\n")
+    for i, run in enumerate(runs, 1):
+        head += f"Run {i} ({run['machine'].get('date', '?')}): {describe(run['conditions'])}\n"
+    head += ("Cells: median [IQR] of one run; over several runs, median of the medians [lowest q25 – highest q75], "
+             "or 'disagree' with each run's median where their IQRs do not overlap. Ratios are of paired runs "
+             "(same round). A verdict is 'not resolved' when an IQR straddles the target.\n\n")
+    cols = ["method", "NFE sde/diff", "scoresde ms/step", "bare ms/step", "diffusers ms/step", "scoresde/bare",
+            "≤1.5× bare", "scoresde/diffusers", "faster than diffusers", "≤⅓ diffusers", "scoresde−bare µs/step",
+            "diffusers−bare µs/step"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        r = {**row, **row[stat]}
-        ok = lambda b: "n/a" if b is None else ("yes" if b else "**no**")  # noqa: E731
-        lines.append("| " + " | ".join([
-            r["method"], f"{r['nfe']}/{fmt(r['diffusers_nfe'], 'd')}", f"{r['scoresde_ms_per_step']:.3f}",
-            f"{r['solver_ms_per_step']:.3f}", f"{r['bare_ms_per_step']:.3f}",
-            fmt(r.get("diffusers_ms_per_step"), ".3f"),
-            f"{r['model_ms_per_step']:.3f}", f"{r['ratio_scoresde_bare']:.2f}",
-            fmt(r.get("ratio_scoresde_diffusers"), ".2f"), f"{r['overhead_vs_bare_us_per_step']:.0f}",
-            fmt(r.get("diffusers_overhead_vs_bare_us_per_step"), ".0f"), fmt(r["overhead_beyond_model_ratio"], ".2f"),
-            ok(r["meets_1.5x_bare"]), ok(r["meets_third_of_diffusers"])]) + " |")
+    lines += [table_row(runs, row) for row in runs[0]["results"]]
     return head + "\n".join(lines) + "\n"
+
+
+def table_row(runs: list[dict[str, Any]], row: dict[str, Any]) -> str:
+    """One method's line of :func:`markdown`."""
+    m = row["method"]
+
+    def cell(key: str, spec: str = ".3f") -> str:
+        a = agreed(runs, m, key)
+        return "n/a" if a is None else a.fmt(spec)
+
+    def verdict(key: str, target: float, below: str = "yes", above: str = "**no**") -> str:
+        a = agreed(runs, m, key)
+        return "n/a" if a is None else a.verdict(target, below, above)
+
+    return "| " + " | ".join([
+        m, f"{row['nfe']}/{row['diffusers_nfe'] if row['diffusers_nfe'] is not None else 'n/a'}",
+        cell("scoresde_ms"), cell("bare_ms"), cell("diffusers_ms"), cell("scoresde/bare", ".2f"),
+        verdict("scoresde/bare", 1.5), cell("scoresde/diffusers", ".2f"),
+        verdict("scoresde/diffusers", 1.0, "yes", "no"), verdict("scoresde/diffusers", 1 / 3),
+        cell("scoresde-bare_us", ".0f"), cell("diffusers-bare_us", ".0f")]) + " |"
+
+
+def describe(cond: dict[str, Any]) -> str:
+    """The conditions line of :class:`scoresde.bench.timing.Conditions` from its JSON form."""
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cond.items() if k != "loaded"}
+    return Conditions(**fields).describe()
+
+
+def refusals(runs: list[dict[str, Any]], threshold: float) -> list[str]:
+    """Why the table must not be written: every quoted figure of any run with IQR/median above ``threshold``."""
+    out = []
+    for i, run in enumerate(runs, 1):
+        for row in run["results"]:
+            quoted = {f"run {i} {row['method']} {k}": Summary(**row["figures"][k]) for k in QUOTED
+                      if k in row["figures"]}
+            out += too_noisy(quoted, threshold)
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -401,26 +445,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
     p.add_argument("--steps", type=int, default=50, help="solver steps (default 50)")
     p.add_argument("--batch", type=int, default=64, help="batch size of the 3×32×32 images (default 64)")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per implementation (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--repeats", type=int, default=21, help="timed interleaved rounds (default 21)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: leave torch's default); 1 is steadier on a busy machine")
+                   help="torch.set_num_threads (default: torch's default, recorded); 1 is steadier on a busy machine")
     p.add_argument("--keep-memory", action="store_true",
                    help="glibc: keep freed memory (no page faults on new temporaries; steadier CPU timings)")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers even if importable")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--agree", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="measure nothing: print what the --out files of separate runs agree on")
+    p.add_argument("--write", type=Path, default=None, metavar="README",
+                   help="replace the table between <!-- solver_overhead: begin/end --> in this file, unless the "
+                        "spread of a quoted figure is above --max-spread")
+    p.add_argument("--max-spread", type=float, default=MAX_SPREAD,
+                   help=f"IQR/median above which --write refuses (default {MAX_SPREAD:.2f})")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> dict[str, Any] | None:
+    """One run of every method under pinned conditions: the JSON payload (None when the device is missing)."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
-        return 2
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+        return None
+    conditions = pin_conditions(args.threads, device)
     kept = keep_freed_memory() if args.keep_memory else False
     if args.keep_memory and not kept:
         print("# --keep-memory: mallopt is not available here; timings include page faults", file=sys.stderr)
@@ -430,19 +480,40 @@ def main(argv: list[str] | None = None) -> int:
     info["diffusers"] = dif["module"].__version__ if dif is not None else None
     rows = []
     for method in args.methods:
-        rows.append(bench_method(method, args, device, dif))
+        rows.append(bench_method(method, args, device, dif, conditions))
         print(f"# {method}: done", file=sys.stderr)
-    table = markdown(rows, info, args, "median")
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if k not in ("agree", "write", "out")}
+    return {"machine": info, "config": config, "conditions": conditions.to_dict(), "results": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.agree:
+        runs = [json.loads(path.read_text()) for path in args.agree]
+    else:
+        run = measure(args)
+        if run is None:
+            return 2
+        runs = [run]
+    table = markdown(runs)
     print(table)
-    # the fastest run is the one least disturbed by other processes: a second view for shared machines
-    table_min = markdown(rows, info, args, "min")
-    print(table_min)
-    if args.out is not None:
+    reasons = refusals(runs, args.max_spread)
+    if reasons:
+        print(f"# spread above {args.max_spread:.0%} (IQR/median) in {len(reasons)} quoted figure(s): "
+              + "; ".join(reasons), file=sys.stderr)
+    if any(run["conditions"].get("loaded") for run in runs):
+        print("# the machine was loaded during a run (see the load averages above)", file=sys.stderr)
+    if args.out is not None and not args.agree:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        args.out.write_text(json.dumps({"machine": info, "config": config, "results": rows, "markdown": table,
-                                        "markdown_min": table_min},
-                                       indent=2))
+        args.out.write_text(json.dumps({**runs[0], "markdown": table}, indent=2))
+    if args.write is not None:
+        if reasons:
+            print(f"# refusing to write {args.write}: the spread of {len(reasons)} quoted figure(s) is above "
+                  f"{args.max_spread:.0%} (listed above); the table is printed only", file=sys.stderr)
+            return 3
+        write_between_markers(args.write, "solver_overhead", table)
+        print(f"# wrote the table into {args.write}", file=sys.stderr)
     return 0
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from scoresde.data import FASHION_MNIST_INSTALL, FASHION_MNIST_ROOT
 from scoresde.models.pretrained import PRETRAINED, WEIGHTS_DIR
@@ -43,3 +44,38 @@ def test_script_prints_its_table_and_exits_0(script):
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert len(table) >= 3, proc.stdout  # header, separator, at least one row
     assert "Machine:" in proc.stdout
+
+
+def _load_overhead_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("solver_overhead", ROOT / "benchmarks" / "solver_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overhead_runs_are_agreed_on_and_a_noisy_table_is_not_written(tmp_path, capsys):
+    """Two separate runs → one agreed table; ``--write`` replaces the marked table only when every quoted
+    figure's IQR/median is under ``--max-spread``, and otherwise refuses (exit 3) and leaves the file alone."""
+    script = _load_overhead_script()
+    runs = []
+    for i in range(2):
+        runs.append(tmp_path / f"run{i}.json")
+        assert script.main(["--steps", "2", "--batch", "2", "--repeats", "5", "--warmup", "1", "--methods", "ddim",
+                            "--no-diffusers", "--out", str(runs[-1])]) == 0
+    out = capsys.readouterr().out
+    assert "load average (1/5/15 min) before" in out and "flush-denormal" in out
+    readme = tmp_path / "README.md"
+    original = "# x\n<!-- solver_overhead: begin -->\nold table\n<!-- solver_overhead: end -->\nafter\n"
+    readme.write_text(original)
+    agree = ["--agree", *map(str, runs), "--write", str(readme)]
+    assert script.main([*agree, "--max-spread", "0"]) == 3  # every real timing has some spread
+    assert readme.read_text() == original
+    assert "refusing to write" in capsys.readouterr().err
+    assert script.main([*agree, "--max-spread", "1e9"]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and "2 separate run(s)" in text and text.endswith("end -->\nafter\n")
+    assert "| ddim | 2/n/a |" in text
+    torch.set_flush_denormal(False)  # main() pinned it for this process

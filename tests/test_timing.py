@@ -82,6 +82,7 @@ def test_conditions_are_pinned_and_described():
         assert "1 torch threads" in text and "flush-denormal" in text and "load average" in text
     finally:
         torch.set_num_threads(before)
+        torch.set_flush_denormal(False)
     assert Conditions(1, True, "cpu", cores=2, load_before=(3.0, 3.0, 3.0)).loaded
     assert not Conditions(1, True, "cpu", cores=2, load_before=(0.2, 0.3, 0.3), load_after=(1.1, 0.5, 0.4)).loaded
 

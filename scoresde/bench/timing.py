@@ -164,8 +164,7 @@ class Ratio:
     @property
     def side(self) -> int:
         """-1: the whole IQR is below the target; +1: above; 0: it straddles the target (not resolved)."""
-        s = self.summary
-        return -1 if s.q75 < self.target else (1 if s.q25 > self.target else 0)
+        return side(self.summary, self.target)
 
     @property
     def resolved(self) -> bool:
@@ -174,7 +173,65 @@ class Ratio:
 
     def verdict(self, below: str = "yes", above: str = "no") -> str:
         """``below`` or ``above`` the target, or "not resolved" when the IQR straddles it."""
-        return {-1: below, 1: above, 0: "not resolved"}[self.side]
+        return VERDICTS[self.side].format(below=below, above=above)
+
+
+VERDICTS = {-1: "{below}", 1: "{above}", 0: "not resolved"}
+
+
+def side(summary: Summary, target: float) -> int:
+    """-1 when the IQR of ``summary`` is wholly below ``target``, +1 wholly above, 0 when it straddles it."""
+    return -1 if summary.q75 < target else (1 if summary.q25 > target else 0)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One figure measured by several separate runs: what they agree on.
+
+    The runs agree when their IQRs overlap (max q25 ≤ min q75). The quoted value is the median of their medians
+    with the envelope of their IQRs (lowest q25 to highest q75); a verdict against a target is given only when
+    every run resolved it the same way."""
+
+    summaries: tuple[Summary, ...]
+
+    @property
+    def overlap(self) -> bool:
+        """Whether the IQRs of all runs have a point in common."""
+        return max(s.q25 for s in self.summaries) <= min(s.q75 for s in self.summaries)
+
+    def fmt(self, spec: str = ".3f") -> str:
+        """``median [lo–hi]`` when the runs agree, else ``disagree: m1 / m2 / …`` (each run's median)."""
+        if not self.overlap:
+            return "disagree: " + " / ".join(format(s.median, spec) for s in self.summaries)
+        med = statistics.median(s.median for s in self.summaries)
+        lo, hi = min(s.q25 for s in self.summaries), max(s.q75 for s in self.summaries)
+        return f"{format(med, spec)} [{format(lo, spec)}–{format(hi, spec)}]"
+
+    def verdict(self, target: float, below: str = "yes", above: str = "no") -> str:
+        """The verdict every run gives against ``target``, or "not resolved" when any run straddles it or the
+        runs disagree."""
+        sides = {side(s, target) for s in self.summaries}
+        one = sides.pop() if len(sides) == 1 and self.overlap else 0
+        return VERDICTS[one].format(below=below, above=above)
+
+
+def write_between_markers(path: str | os.PathLike[str], name: str, text: str) -> None:
+    """Replace what lies between ``<!-- name: begin -->`` and ``<!-- name: end -->`` in the file at ``path``
+    (a README or RESULTS table) by ``text``; a file without both markers is an error, not a silent append."""
+    from pathlib import Path
+
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    doc = Path(path).read_text()
+    if doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(begin) > doc.index(end):
+        raise ValueError(f"{path} needs exactly one {begin} … {end} pair around the table to replace")
+    head, rest = doc.split(begin)
+    Path(path).write_text(head + begin + "\n" + text.strip("\n") + "\n" + end + rest.split(end, 1)[1])
+
+
+def too_noisy(figures: Mapping[str, Summary], threshold: float = MAX_SPREAD) -> list[str]:
+    """One reason per figure whose IQR/median exceeds ``threshold``: why a table must not be written."""
+    return [f"{name}: IQR/median {s.spread:.1%} > {threshold:.0%}" for name, s in figures.items()
+            if s.spread > threshold]
 
 
 @dataclass
@@ -194,12 +251,16 @@ class Comparison:
         pairs = [a / b for a, b in zip(self.times[num], self.times[den], strict=True) if b > 0]
         return Ratio(num, den, Summary.of(pairs), target)
 
+    def difference(self, a: str, b: str, scale: float = 1.0) -> Summary:
+        """The paired difference ``a − b`` (round by round), times ``scale`` (e.g. 1e6/steps for µs/step)."""
+        return Summary.of([(x - y) * scale for x, y in zip(self.times[a], self.times[b], strict=True)])
+
     def too_noisy(self, ratios: Sequence[Ratio] = (), threshold: float = MAX_SPREAD) -> list[str]:
         """Reasons to refuse writing a table: every implementation and ratio whose IQR/median exceeds
         ``threshold`` (empty when the run is steady enough)."""
-        items = [(name, self.summary(name).spread) for name in self.times]
-        items += [(f"{r.num}/{r.den}", r.summary.spread) for r in ratios]
-        return [f"{name}: IQR/median {spread:.0%} > {threshold:.0%}" for name, spread in items if spread > threshold]
+        items = {name: self.summary(name) for name in self.times}
+        items.update({f"{r.num}/{r.den}": r.summary for r in ratios})
+        return too_noisy(items, threshold)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: conditions, per-implementation seconds and their summaries."""
