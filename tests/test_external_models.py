@@ -324,6 +324,27 @@ def test_text_conditioned_unet_gets_its_keywords():
         assert torch.equal(model.eps(x, 501.0), unet(x, 500, encoder_hidden_states=states).sample)
 
 
+def test_the_network_under_another_sde_and_a_learned_variance(model_dirs, tmp_path):
+    """Under any other SDE the network gets the VP-normalized state and diffusers' timestep of that σ; a UNet with
+    a learned variance (2C output channels, variance_type learned_range) is its first C channels."""
+    model, sde = from_diffusers(model_dirs["eps_linear"], dtype=torch.float64)
+    assert model.network.sample_shape == (1, 8, 8)
+    unet, vp = reference_unet(model_dirs["eps_linear"], torch.float64), sd.VPSDE()
+    x = latents(torch.float64)
+    for k in (0, 37, 500, 999):
+        sigma = sde.sigma(torch.tensor(k + 1.0, dtype=torch.float64))
+        t = vp.t_of_sigma(sigma)
+        s = float(vp.s(t))
+        ours = model.network.score_model(vp).eps(x * s * float(sigma.square().add(1).sqrt()), t)
+        assert max_diff(ours, unet(x, k).sample) < 1e-6, k  # float32 timestep embedding of k ± round-off
+    wide = save_model(tmp_path / "learned", out_channels=2, scheduler=diffusers.DDPMScheduler(
+        variance_type="learned_range", clip_sample=False))
+    model, _ = from_diffusers(wide)
+    x = latents(torch.float32)
+    out = reference_unet(wide, torch.float32)(x, 250).sample
+    assert torch.equal(model.eps(x, 251.0), out[:, :1])
+
+
 # ---- bad input: one clear error each ----------------------------------------------------------------------------
 def _write_config(path, **changes):
     config = json.loads((path / "scheduler_config.json").read_text())

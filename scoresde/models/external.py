@@ -224,6 +224,15 @@ class DiffusersNetwork(nn.Module):
     def prediction(self) -> str:
         return self.spec.prediction
 
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """(channels, height, width) of one sample from the UNet's config (None when it does not say)."""
+        config = getattr(self.unet, "config", {})
+        size, channels = config.get("sample_size"), config.get("in_channels")
+        if size is None or channels is None:
+            return None
+        return (int(channels), *((int(size),) * 2 if isinstance(size, int) else (int(v) for v in size)))
+
     def _check_conditioning(self, kwargs: Mapping[str, Any]) -> None:
         params = inspect.signature(self.unet.forward).parameters
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -278,7 +287,11 @@ def _load_unet(model_dir: Path, subfolder: str | None, dtype: torch.dtype | None
     if name not in MODEL_CLASSES:
         raise UserError(f"{config_path}: _class_name={name!r} is not supported; "
                         f"choose one of {', '.join(MODEL_CLASSES)}")
-    import diffusers  # the optional dependency, imported when a model is loaded
+    try:
+        import diffusers  # the optional dependency, imported when a model is loaded
+    except ImportError:
+        raise UserError("loading a diffusers model directory needs the diffusers package (pip install diffusers)") \
+            from None
     has_safetensors = any(folder.glob("*.safetensors"))
     try:
         unet = getattr(diffusers, name).from_pretrained(str(model_dir), subfolder=subfolder, local_files_only=True,
