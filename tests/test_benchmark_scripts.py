@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "solver_overhead.py": ["--steps", "3", "--batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
                            "--methods", "ddim", "heun"],
-    "train_throughput.py": ["--steps", "1", "--batch", "2", "--warmup", "1", "--threads", "1", "--device", "cpu"],
+    "train_throughput.py": ["--steps", "1", "--repeats", "2", "--batch", "2", "--warmup", "1", "--threads", "1",
+                           "--device", "cpu"],
 }
 GALLERY = ["--only", "forward", "--threads", "1"]  # make_gallery.py: the cheapest image, needs the shipped model
 
