@@ -1,7 +1,8 @@
 """scoresde: score-based generative modeling as continuous SDEs and ODEs.
 
 Public API:
-    SDEs         VPSDE, SubVPSDE, VESDE, EDMSDE, CosineVPSDE, get_sde, ReverseSDE, ProbabilityFlowODE
+    SDEs         VPSDE, SubVPSDE, VESDE, EDMSDE, CosineVPSDE, FlowSDE (rectified flow), get_sde, ReverseSDE,
+                 ProbabilityFlowODE
     model        ScoreModel (score / eps / x0 / v predictions, counted NFE), CountingModel, Preconditioned (wrap a
                  network F(x, c_noise, labels) into a model of any SDE), load_model (a shipped name, pretrained
                  file, checkpoint or run dir: the one loader; nothing in a file can run code)
@@ -17,7 +18,19 @@ scoresde.distributed (torchrun helpers), scoresde.data (datasets and toys).
 from scoresde.models import CountingModel, Preconditioned, ScoreModel
 from scoresde.models.loader import load_model
 from scoresde.sampling import sample
-from scoresde.sde import EDMSDE, SDE, SDES, VESDE, VPSDE, CosineVPSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE, get_sde
+from scoresde.sde import (
+    EDMSDE,
+    SDE,
+    SDES,
+    VESDE,
+    VPSDE,
+    CosineVPSDE,
+    FlowSDE,
+    ProbabilityFlowODE,
+    ReverseSDE,
+    SubVPSDE,
+    get_sde,
+)
 from scoresde.solvers import (
                           GRIDS,
                           SOLVERS,
@@ -34,7 +47,7 @@ from scoresde.utils import append_dims
 
 __version__ = "0.1.0"
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "CosineVPSDE", "SDES", "get_sde", "ReverseSDE",
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "CosineVPSDE", "FlowSDE", "SDES", "get_sde", "ReverseSDE",
            "ProbabilityFlowODE", "ScoreModel", "CountingModel", "Preconditioned", "load_model", "GaussianMixture",
            "get_testbed", "SOLVERS", "GRIDS", "Solver", "StepInfo", "TimeGrid", "get_solver", "make_grid",
            "GeneratorNoise", "PerSampleNoise", "sample", "append_dims", "__version__"]

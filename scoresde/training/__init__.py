@@ -6,8 +6,9 @@ from scoresde.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from scoresde.training.losses import LOSSES, WEIGHTINGS, DDPMLoss, DSMLoss, EDMLoss, get_loss
+from scoresde.training.losses import LOSSES, WEIGHTINGS, DDPMLoss, DSMLoss, EDMLoss, FlowMatchingLoss, get_loss
 from scoresde.training.trainer import Trainer, image_grid
 
-__all__ = ["DSMLoss", "DDPMLoss", "EDMLoss", "LOSSES", "WEIGHTINGS", "get_loss", "Trainer", "image_grid",
-           "checkpoint_path", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "save_checkpoint"]
+__all__ = ["DSMLoss", "DDPMLoss", "EDMLoss", "FlowMatchingLoss", "LOSSES", "WEIGHTINGS", "get_loss", "Trainer",
+           "image_grid", "checkpoint_path", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
+           "save_checkpoint"]
