@@ -101,3 +101,21 @@ def test_stopwatch_times_queued_cuda_work():
         for _ in range(10):
             x = x @ x / 2048
     assert sw.seconds > 0
+
+
+def test_the_sweep_times_each_run_and_records_the_load_around_it():
+    """scoresde-bench's wall-clock column goes through the helper's Stopwatch; each problem records its threads and
+    the load average before and after the sweep."""
+    import scoresde as sd
+    from scoresde.bench import SweepSettings, sweep_problem
+    from scoresde.bench.problems import testbed_problem
+    from scoresde.cli.benchmark import parse_entries
+
+    problem = testbed_problem(sd.get_testbed("gaussian", dim=2, std=0.5), sd.VPSDE())
+    settings = SweepSettings(n_samples=8, n_data=50, n_projections=8, progress=False, budgets=(4,), metrics=("rmse",))
+    res = sweep_problem(problem, parse_entries({"euler": {"name": "euler"}}, (4,)), settings)
+    assert res["rows"][0]["time_s"] > 0
+    timing = res["timing"]
+    assert timing["threads"] == torch.get_num_threads() and timing["flush_denormal"] is None
+    if timing["load_before"] is not None:
+        assert len(timing["load_before"]) == len(timing["load_after"]) == 3

@@ -8,6 +8,8 @@ and trained networks, peers (diffusers, k-diffusion) on the same denoiser, table
     peers     plan_peers, PeerRun (diffusers' schedulers, k-diffusion's samplers)
     report    orders (fitted vs declared order), peer_comparison, markdown, dumps; compare_results, compare_table
     plots     plot_result, pareto_front, plot_compare
+    timing    pin_conditions, compare (interleaved rounds), Comparison, Summary, Ratio, Agreement, Stopwatch: the one
+              timing helper behind every speed figure (median and IQR, paired ratios, "not resolved")
 
 ``scoresde-bench`` and its preset ``scoresde-compare`` are the one app that drives it (:mod:`scoresde.cli.benchmark`).
 """
@@ -18,8 +20,10 @@ from scoresde.bench.problems import Problem, dataset_sampler, network_problem, t
 from scoresde.bench.report import compare_results, compare_table, dumps, markdown, orders, peer_comparison
 from scoresde.bench.sweep import draw, plan, sweep_problem
 from scoresde.bench.targets import Targets, build_targets, quality
+from scoresde.bench.timing import Agreement, Comparison, Ratio, Stopwatch, Summary, compare, pin_conditions
 
 __all__ = ["Problem", "testbed_problem", "network_problem", "dataset_sampler", "SweepSettings", "Entry", "Run",
            "plan_runs", "stream_seeds", "draw", "plan", "sweep_problem", "Targets", "build_targets", "quality",
            "PeerRun", "plan_peers", "orders", "peer_comparison", "markdown", "dumps", "compare_results",
-           "compare_table", "plot_result", "plot_compare", "pareto_front"]
+           "compare_table", "plot_result", "plot_compare", "pareto_front", "pin_conditions", "compare", "Comparison",
+           "Summary", "Ratio", "Agreement", "Stopwatch"]

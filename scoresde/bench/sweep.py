@@ -10,10 +10,15 @@ stream, which is the same Brownian path only on the same grid.
 
 Budgets become step counts (:mod:`scoresde.bench.planning`) and the RMSE reference is the float64 dopri5
 probability-flow ODE from the same x_T (Song et al. 2021, eq. 13).
+
+Wall-clock columns: each run's ``sample`` calls are timed by :class:`scoresde.bench.timing.Stopwatch`
+(``torch.cuda.synchronize()`` and CUDA events on a GPU, ``perf_counter`` on CPU), once per run — a sweep's
+``time_s`` is a single measurement, not an interleaved median: read it as a rough cost, and compare speeds with
+:func:`scoresde.bench.timing.compare`. Each problem's result records the thread count and the load average
+before and after its sweep (``timing``), so a loaded machine shows in ``bench.json``.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -25,16 +30,11 @@ import scoresde
 from scoresde.bench.planning import Entry, Run, SweepSettings, plan_runs, reference_solution, stream_seeds
 from scoresde.bench.problems import Problem, noise_seed
 from scoresde.bench.targets import Targets, build_targets, error_to, quality
+from scoresde.bench.timing import Conditions, Stopwatch, load_average, sync  # noqa: F401  (sync: for bench.peers)
 from scoresde.distributed import all_gather_objects, rank_batches
 from scoresde.solvers.noise import PerSampleNoise
 
 Sampler = Callable[[Tensor, Sequence[int]], Tensor]
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued CUDA work, so a wall-clock time covers it (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def chunks(seeds: Sequence[int], size: int | None) -> list[list[int]]:
@@ -55,12 +55,10 @@ def _draw_batch(problem: Problem, run: Run, x_T: Tensor, noise: dict[str, Any], 
                 ) -> tuple[Tensor, int, float]:
     """(samples from ``x_T``, measured NFE, CUDA-synchronised seconds of the ``sample`` call)."""
     problem.model.reset_nfe()
-    sync(problem.device)
-    tick = time.perf_counter()
-    x = scoresde.sample(problem.model, run.entry.name, run.steps, x_T=x_T, grid=run.entry.grid,
-                        rho=settings.rho, denoise=settings.denoise, **noise, **run.options)
-    sync(problem.device)
-    return x, problem.model.nfe, time.perf_counter() - tick
+    with Stopwatch(problem.device) as watch:
+        x = scoresde.sample(problem.model, run.entry.name, run.steps, x_T=x_T, grid=run.entry.grid,
+                            rho=settings.rho, denoise=settings.denoise, **noise, **run.options)
+    return x, problem.model.nfe, watch.seconds
 
 
 def _per_sample(problem: Problem, run: Run, part: list[int], settings: SweepSettings) -> tuple[Tensor, int, float]:
@@ -175,6 +173,7 @@ def sweep_problem(problem: Problem, entries: list[Entry], settings: SweepSetting
     """Every planned run (and every peer sampler) on one problem: rows, floors and reference details."""
     from tqdm.auto import tqdm
 
+    conditions = Conditions(torch.get_num_threads(), None, str(problem.device), load_before=load_average())
     runs = plan(entries, problem.sde, settings)
     targets = build_targets(problem, settings.metrics, settings.n_data, len(settings.seeds), settings.seed,
                             settings.n_projections, settings.floor_draws)
@@ -191,7 +190,8 @@ def sweep_problem(problem: Problem, entries: list[Entry], settings: SweepSetting
         rows.append(peer.measure(problem, targets, refs, settings))
         bar.update(1)
     bar.close()
+    conditions.load_after = load_average()
     return {"problem": problem.name, "sde": problem.sde.name, "exact": problem.exact, "device": str(problem.device),
             "noise": settings.noise, "n_samples": len(settings.seeds), "seeds": stream_seeds(settings.seed),
             "floors": targets.floors, "floors_std": targets.floors_std, "metrics": list(targets.metrics),
-            "reference": refs.info, "rows": rows}
+            "reference": refs.info, "timing": conditions.to_dict(), "rows": rows}

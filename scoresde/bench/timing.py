@@ -55,7 +55,7 @@ class Conditions:
     """What a measurement ran under: threads, denormal flushing, device, cores and the load around it."""
 
     threads: int
-    flush_denormal: bool
+    flush_denormal: bool | None  # None: not pinned by this measurement
     device: str
     cores: int | None = field(default_factory=os.cpu_count)
     load_before: tuple[float, float, float] | None = None
@@ -73,7 +73,7 @@ class Conditions:
     def describe(self) -> str:
         """One line for the output: threads, flush-denormal, and the load average before and after."""
         fmt = lambda load: "n/a" if load is None else "/".join(f"{v:.2f}" for v in load)  # noqa: E731
-        flush = "on" if self.flush_denormal else "not supported on this CPU"
+        flush = {True: "on", False: "not supported on this CPU", None: "not pinned"}[self.flush_denormal]
         verdict = "LOADED (other jobs competed for the cores)" if self.loaded else "quiet"
         return (f"{self.threads} torch threads on {self.cores} cores, flush-denormal {flush}, device {self.device}; "
                 f"load average (1/5/15 min) before {fmt(self.load_before)}, after {fmt(self.load_after)}: {verdict}")
