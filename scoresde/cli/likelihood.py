@@ -3,8 +3,10 @@
 A Hydra app (``configs/likelihood.yaml``) that evaluates one of two things:
 
 - **a checkpoint** (``ckpt=<file, run dir or shipped name>``, loaded with :func:`scoresde.models.loader.load_model`,
-  EMA weights by default) on a dataset: ``data=<digits|fashion_mnist|mnist|
-  cifar10|ring|...>`` (default: the checkpoint's training data), the first ``n`` images of split ``split``
+  EMA weights by default; ``ckpt=diffusers:<dir>`` or ``pretrained=diffusers:<dir>``: a local diffusers model
+  directory under the SDE of its scheduler's ᾱ table, ``data=`` required) on a dataset:
+  ``data=<digits|fashion_mnist|mnist|cifar10|ring|...>`` (default: the checkpoint's training data), the first ``n``
+  images of split ``split``
   (default ``test``), or ``n`` points of a 2-D toy. The SDE is the checkpoint's. A class-conditional model is
   evaluated with the null class (its unconditional model) unless ``labels=true``, which feeds each image's label.
 - **an exact-score testbed** (no ``ckpt``): ``testbed=...`` under ``sde=...``; every testbed is a Gaussian mixture,
@@ -218,10 +220,11 @@ def _device(cfg: DictConfig) -> torch.device:
 def checkpoint_source(cfg: DictConfig, opt: Options, seeds: dict[str, int]) -> Source:
     """A trained checkpoint on ``data=`` (default: its training data), with the checkpoint's SDE."""
     device = _device(cfg)  # checked first: a device that cannot work fails before the checkpoint is read
+    key, value = model_key(cfg)
     try:
-        loaded = load_model(str(cfg.ckpt), opt.ema)
+        loaded = load_model(str(value), opt.ema)
     except (UserError, OSError) as e:
-        raise UserError(f"ckpt={cfg.ckpt}: {one_line(e)}") from e
+        raise UserError(f"{key}={value}: {one_line(e)}") from e
     path, net, sde, train_cfg = loaded.provenance["source"], loaded.model, loaded.sde, loaded.training_config
     net.to(device=device, dtype=opt.dtype)
     if cfg.get("data") is None and not train_cfg.get("data"):
@@ -242,11 +245,22 @@ def checkpoint_source(cfg: DictConfig, opt: Options, seeds: dict[str, int]) -> S
     else:
         labels = None
     deq = _dequantization(opt, data["name"], x) if data["name"] in IMAGE_DATASETS else None
-    title = f"{path} (step {loaded.step}, {'EMA' if opt.ema else 'raw'} weights) on " \
+    weights = "a diffusers model" if loaded.provenance.get("format") == "diffusers" else \
+        f"step {loaded.step}, {'EMA' if opt.ema else 'raw'} weights"
+    title = f"{path} ({weights}) on " \
             f"{data['name']}{'' if deq is None else ' ' + str(opt.split or data.get('split', 'test'))}" \
             f"{', true labels' if labels is not None else ', null class' if net.num_classes else ''}"
     return Source(title, sde, x.to(device=device, dtype=opt.dtype), labels,
                   lambda s, lb: net.score_model(s, lb), deq)
+
+
+def model_key(cfg: DictConfig) -> tuple[str, Any]:
+    """``(key, value)`` of the model evaluated: ``ckpt`` or its alias ``pretrained`` (not both); value None: a
+    testbed."""
+    ckpt, pretrained = cfg.get("ckpt"), cfg.get("pretrained")
+    if ckpt is not None and pretrained is not None:
+        raise ConfigError(f"give ckpt= or pretrained=, not both (got ckpt={ckpt} and pretrained={pretrained})")
+    return ("ckpt", ckpt) if pretrained is None else ("pretrained", pretrained)
 
 
 def _out_dir(cfg: DictConfig) -> Path | None:
@@ -271,7 +285,7 @@ def likelihood(cfg: DictConfig) -> dict[str, Any]:
     _device(cfg)  # a device name that cannot work is refused for testbeds too (they run on the CPU)
     seeds, out_dir = _seeds(opt.seed), _out_dir(cfg)
     with torch_threads(cfg.get("threads")):
-        src = (checkpoint_source if cfg.get("ckpt") is not None else testbed_source)(cfg, opt, seeds)
+        src = (checkpoint_source if model_key(cfg)[1] is not None else testbed_source)(cfg, opt, seeds)
         t_min = float(src.sde.t_min if opt.t_min is None else opt.t_min)
         if not t_min < src.sde.T:
             raise ConfigError(f"t_min must be below the {src.sde.name} SDE's T={src.sde.T:g}, got t_min={t_min:g}")

@@ -7,6 +7,9 @@ name, default grid and options; ``grid=...`` and ``options.X=...`` override them
 take is refused with the list of its options) with a fixed seed.
 ``ckpt`` is a checkpoint file, a folder of checkpoints, or a run dir (``<dir>/checkpoints``); a folder gives
 its latest checkpoint that loads (:func:`scoresde.training.checkpoint.latest_checkpoint`).
+``ckpt=diffusers:<dir>`` (or ``pretrained=diffusers:<dir>``, the same key under the name issue 16 gives it) samples
+a local diffusers model directory (:func:`scoresde.models.loader.load_diffusers`) on the SDE of its scheduler's
+ᾱ table, with any solver.
 
 Writes ``samples.png`` (an image grid of (N, C, H, W) samples in [-1, 1], or a scatter plot of 2-D points)
 and ``samples.npz`` (``samples``, the measured ``nfe``, ``seconds``, ``step`` and the solver settings) into
@@ -44,7 +47,7 @@ from scoresde.cli.solver_options import build_solver
 from scoresde.distributed import DistContext, cat_results, init_distributed, resolve_device, run_sharded, shutdown
 from scoresde.errors import ConfigError
 from scoresde.models import Preconditioned
-from scoresde.models.loader import LoadedModel, load_model, resolve_source
+from scoresde.models.loader import LoadedModel, diffusers_dir, load_model, resolve_source
 from scoresde.solvers.grids import GRIDS
 from scoresde.training.labels import fixed_labels
 from scoresde.training.trainer import image_grid, scatter_figure
@@ -91,12 +94,22 @@ def with_key(key: str, value: Any, error: BaseException) -> BaseException:
         return ConfigError(message)
 
 
+def source_key(cfg: DictConfig) -> tuple[str, Any]:
+    """``(key, value)`` of the model to sample: ``ckpt``, or its alias ``pretrained`` (one of them, not both)."""
+    ckpt, pretrained = cfg.get("ckpt"), cfg.get("pretrained")
+    if pretrained is not None and ckpt is not None:
+        raise ConfigError(f"give ckpt= or pretrained=, not both (got ckpt={ckpt} and pretrained={pretrained})")
+    return ("ckpt", ckpt) if pretrained is None else ("pretrained", pretrained)
+
+
 def load_ckpt(cfg: DictConfig, path: Path, device: torch.device) -> LoadedModel:
-    """:func:`load_model` of ``ckpt``; a refused or unreadable file names ``ckpt``."""
+    """:func:`load_model` of ``ckpt`` (resolved to ``path``); a refused or unreadable file names ``ckpt``."""
+    key, value = source_key(cfg)
     try:
-        return load_model(path, bool_option(cfg, "ema", True), device, plain(cfg.get("shape")))
+        source = value if diffusers_dir(value) is not None else path  # a diffusers dir keeps its prefix
+        return load_model(source, bool_option(cfg, "ema", True), device, plain(cfg.get("shape")))
     except (OSError, ValueError) as e:
-        raise with_key("ckpt", cfg.get("ckpt"), e) from e
+        raise with_key(key, value, e) from e
 
 
 def prepare_out_dir(cfg: DictConfig) -> Path:
@@ -196,7 +209,8 @@ def write_outputs(cfg: DictConfig, x: Tensor, nfes: list[int], seconds: float, p
     """``samples.png`` and ``samples.npz`` in the output folder; the summary :func:`sample_checkpoint` returns."""
     nfe = nfes[0] if len(set(nfes)) == 1 else sum(nfes) / len(nfes)  # NFE per batch (mean when they differ)
     out = prepare_out_dir(cfg)
-    weights = "EMA" if bool_option(cfg, "ema", True) else "raw"
+    weights = "diffusers" if str(source_key(cfg)[1]).startswith("diffusers:") else \
+        "EMA" if bool_option(cfg, "ema", True) else "raw"
     save_png(x, out / "samples.png", f"{entry['name']}, {cfg.steps} steps, NFE {nfe:g}, {weights} weights, "
              f"step {step}", cfg.get("nrow"))
     np.savez(out / "samples.npz", samples=x.numpy(), nfe=nfe, nfe_per_batch=np.array(nfes), seconds=seconds,
@@ -216,13 +230,14 @@ def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     check_options(cfg)
     entry = solver_entry(cfg)
     build_solver(entry["name"], entry["options"])  # an unknown solver or option fails before any process group
-    if cfg.get("ckpt") is None:
-        raise ConfigError("ckpt must name a checkpoint file, a run dir, a checkpoints folder or a shipped model "
-                          "(fashion_mnist), got ckpt=null")
+    key, value = source_key(cfg)
+    if value is None:
+        raise ConfigError("ckpt must name a checkpoint file, a run dir, a checkpoints folder, a shipped model "
+                          "(fashion_mnist) or a diffusers model directory (diffusers:<dir>), got ckpt=null")
     try:
-        path = resolve_source(cfg.get("ckpt"))
+        path = resolve_source(value)
     except (OSError, ValueError) as e:
-        raise with_key("ckpt", cfg.get("ckpt"), e) from e
+        raise with_key(key, value, e) from e
     with torch_threads(cfg.get("threads")):
         ctx = init_distributed(cfg.get("device"), float_option(cfg, "dist_timeout_s", 1800))
         try:

@@ -346,8 +346,8 @@ def from_diffusers(unet_or_dir: nn.Module | str | Path, scheduler: Any = None, *
         spec, unet = _scheduler_spec(scheduler, []), unet_or_dir
     else:
         raise UserError(f"from_diffusers takes a diffusers UNet or a directory, got {type(unet_or_dir).__name__}")
-    if device is not None or dtype is not None:
-        unet = unet.to(device=device, dtype=dtype)
+    if device is not None or dtype is not None:  # only what is given: diffusers' to() warns on a dtype keyword
+        unet = unet.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
     unet = unet.eval().requires_grad_(False)
     labels = conditioning.pop("class_labels", None)
     network = DiffusersNetwork(unet, spec, conditioning)

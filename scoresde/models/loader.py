@@ -22,6 +22,14 @@ A pretrained file (``format: scoresde-pretrained``) is a weights-only dict::
 A training checkpoint holds the resolved training config; its ``model``, ``sde`` and ``data`` entries give the same
 fields, and its EMA weights (or, ``ema=False``, the raw ones) the state dict.
 
+A diffusers model (``diffusers:<dir>``: a local ``save_pretrained`` model directory with its
+``scheduler_config.json``, or a pipeline directory with ``unet/`` and ``scheduler/``) is loaded by
+:func:`scoresde.models.external.from_diffusers`: diffusers' own ``from_pretrained`` with ``local_files_only=True``
+(safetensors, or a ``.bin`` read weights-only) for the allowlisted classes ``UNet2DModel`` / ``UNet2DConditionModel``
+only, and the scheduler config read as checked JSON. Its :class:`ExternalModel` gives the apps the interface of a
+:class:`Preconditioned` (``score_model(sde, class_labels)``, ``num_classes``, ``.to``); its SDE is the
+:class:`~scoresde.sde.discrete.DiscreteVPSDE` of the scheduler's ᾱ table; its shape the UNet's ``sample_size``.
+
 Shipped models (``scoresde/models/weights/``): ``fashion_mnist``, a class-conditional U-Net (10 classes + the null
 class 10 for classifier-free guidance) on 28×28 Fashion-MNIST in [-1, 1], EDM preconditioning and the EDM SDE.
 """
@@ -32,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from scoresde.errors import UserError
 from scoresde.models.preconditioning import Preconditioned
@@ -43,10 +51,47 @@ from scoresde.sde import SDE, get_sde
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PRETRAINED = {"fashion_mnist": "fashion_mnist.pt"}
 FORMAT = "scoresde-pretrained"
+DIFFUSERS_PREFIX = "diffusers:"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
 DIGITS_CLASSES = [str(k) for k in range(10)]
 _CLASS_NAMES = {"fashion_mnist": FASHION_MNIST_CLASSES, "digits": DIGITS_CLASSES, "mnist": DIGITS_CLASSES}
+
+
+class ExternalModel(nn.Module):
+    """A network of another library (a :class:`~scoresde.models.external.DiffusersNetwork`) behind the interface the
+    apps use of a :class:`Preconditioned`: ``score_model(sde, class_labels)``, ``num_classes``, ``prediction``,
+    ``.to()`` / ``.eval()``. As with a Preconditioned, ``class_labels=None`` on a class-conditional model is the null
+    class (label ``num_classes``, the UNet's last class embedding)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.network, "num_classes", None) or None
+
+    @property
+    def prediction(self) -> str:
+        return self.network.prediction
+
+    @property
+    def sde(self) -> SDE:
+        """The network's own SDE (the scheduler's ᾱ table)."""
+        return self.network.sde
+
+    def score_model(self, sde: SDE | None = None, class_labels: Tensor | int | None = None) -> ScoreModel:
+        """A counted :class:`ScoreModel` of ``sde`` (default: the network's own) for fixed ``class_labels``."""
+        if class_labels is None and self.num_classes:
+            class_labels = self.num_classes
+        return self.network.score_model(sde, class_labels)
+
+    def forward(self, x: Tensor, t: Tensor, sde: SDE | None = None, class_labels: Tensor | int | None = None
+                ) -> Tensor:
+        """The network's prediction (kind :attr:`prediction`) at time t of ``sde`` (default: its own)."""
+        labels = self.num_classes if class_labels is None and self.num_classes else class_labels
+        return self.network.predict(x, t, self.sde if sde is None else sde, labels)
 
 
 @dataclass
@@ -55,7 +100,7 @@ class LoadedModel:
     ``shape`` of one sample, the ``class_names`` (index = label; the null class is ``len(class_names)``), and the
     ``provenance`` (``step``, the training ``config`` of a checkpoint, the ``checkpoint`` path, ...)."""
 
-    model: Preconditioned
+    model: Preconditioned | ExternalModel
     sde: SDE
     shape: tuple[int, ...]
     class_names: list[str] = field(default_factory=list)
@@ -114,8 +159,27 @@ def resolve_checkpoint(ckpt: Any) -> Path:
     return found
 
 
+def diffusers_dir(source: Any) -> Path | None:
+    """The directory of a ``diffusers:<dir>`` source (checked to exist), or None for any other source."""
+    name = str(source) if isinstance(source, str | Path) else ""
+    if not name.startswith(DIFFUSERS_PREFIX):
+        return None
+    rest = name[len(DIFFUSERS_PREFIX):].strip()
+    if not rest:
+        raise UserError("diffusers: needs a directory: diffusers:<a save_pretrained model or pipeline directory>")
+    path = Path(rest).expanduser()
+    if not path.is_dir():
+        raise UserError(f"no diffusers model directory at {path}"
+                        + (" (it is a file; give its folder)" if path.is_file() else ""))
+    return path
+
+
 def resolve_source(source: str | Path) -> Path:
-    """The file a shipped model name, a pretrained file, a checkpoint file or a run directory names."""
+    """The file a shipped model name, a pretrained file, a checkpoint file or a run directory names (the directory
+    of a ``diffusers:<dir>`` source)."""
+    folder = diffusers_dir(source)
+    if folder is not None:
+        return folder
     name = str(source)
     if name in PRETRAINED:
         path = WEIGHTS_DIR / PRETRAINED[name]
@@ -194,7 +258,11 @@ def load_model(source: str | Path = "fashion_mnist", ema: bool = True, device: s
     """Load a shipped model by name (:data:`PRETRAINED`), a pretrained file, or a ``scoresde-train`` checkpoint
     file / run directory (its latest good checkpoint; EMA weights unless ``ema=False``), on ``device``, in eval
     mode with gradients off. ``shape``: the shape of one sample, when the file cannot tell it (or to override it).
-    Offline: shipped weights are package data."""
+    Offline: shipped weights are package data. ``diffusers:<dir>``: a local diffusers model directory
+    (:func:`load_diffusers`; ``ema`` does not apply)."""
+    folder = diffusers_dir(source)
+    if folder is not None:
+        return load_diffusers(folder, device, shape)
     path = resolve_source(source)
     spec = read_spec(path, ema)
     if shape is not None:
@@ -210,6 +278,30 @@ def load_model(source: str | Path = "fashion_mnist", ema: bool = True, device: s
     provenance = spec.get("provenance") if isinstance(spec.get("provenance"), dict) else {}
     return LoadedModel(model, get_sde(**spec["sde"]), _check_shape(spec["shape"], f"{path}: shape"),
                        [str(c) for c in spec.get("class_names") or []], {"source": str(path), **provenance})
+
+
+def load_diffusers(folder: str | Path, device: str | torch.device = "cpu", shape: Any = None) -> LoadedModel:
+    """A diffusers model directory (:func:`scoresde.models.external.from_diffusers`: the allowlisted UNet classes,
+    local files only, the scheduler config as checked JSON) as a :class:`LoadedModel` whose ``model`` is an
+    :class:`ExternalModel`; ``shape`` defaults to the UNet's ``(in_channels, sample_size, sample_size)``."""
+    from scoresde.models.external import from_diffusers
+    folder = Path(folder).expanduser()
+    score_model, sde = from_diffusers(folder, device=device)
+    network = score_model.network
+    model = ExternalModel(network).eval().requires_grad_(False)
+    if shape is not None:
+        found = _check_shape(list(shape), "shape")
+    elif network.sample_shape is not None:
+        found = _check_shape(list(network.sample_shape), f"{folder}: sample_size and in_channels")
+    else:
+        raise UserError(f"cannot tell the sample shape of the model in {folder} (its config has no sample_size); "
+                        "give shape=[C,H,W]")
+    config = getattr(network.unet, "config", {})
+    provenance = {"source": f"{DIFFUSERS_PREFIX}{folder}", "format": "diffusers",
+                  "class": type(network.unet).__name__, "prediction": network.prediction,
+                  "num_train_timesteps": sde.num_train_timesteps,
+                  "sample_size": config.get("sample_size"), "in_channels": config.get("in_channels")}
+    return LoadedModel(model, sde, found, [], provenance)
 
 
 def load_pretrained(name_or_path: str | Path = "fashion_mnist", device: str | torch.device = "cpu") -> LoadedModel:
@@ -231,6 +323,7 @@ def export_pretrained(checkpoint: str | Path, out: str | Path, provenance: dict[
     return save_checkpoint(spec, out)
 
 
-__all__ = ["LoadedModel", "Pretrained", "load_model", "load_pretrained", "export_pretrained", "resolve_checkpoint",
+__all__ = ["LoadedModel", "Pretrained", "ExternalModel", "load_model", "load_diffusers", "diffusers_dir",
+           "DIFFUSERS_PREFIX", "load_pretrained", "export_pretrained", "resolve_checkpoint",
            "resolve_source", "read_spec", "spec_from_training_config", "data_shape", "PRETRAINED", "WEIGHTS_DIR",
            "FORMAT", "FASHION_MNIST_CLASSES", "DIGITS_CLASSES"]
