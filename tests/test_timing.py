@@ -119,3 +119,23 @@ def test_the_sweep_times_each_run_and_records_the_load_around_it():
     assert timing["threads"] == torch.get_num_threads() and timing["flush_denormal"] is None
     if timing["load_before"] is not None:
         assert len(timing["load_before"]) == len(timing["load_after"]) == 3
+
+
+def test_time_runs_interleaves_sweep_runs_and_peers_on_one_x_T():
+    """The measurement behind a quoted time ratio: sweep runs (and peers, when diffusers imports) of one problem,
+    interleaved by the helper, with the paired ratio resolved or not."""
+    import scoresde as sd
+    from scoresde.bench import SweepSettings, plan, plan_peers
+    from scoresde.bench.problems import testbed_problem
+    from scoresde.bench.sweep import time_runs
+    from scoresde.cli.benchmark import parse_entries
+
+    problem = testbed_problem(sd.get_testbed("gaussian", dim=2, std=0.5), sd.VPSDE())
+    settings = SweepSettings(n_samples=8, progress=False, budgets=(4,))
+    runs = {r.entry.label: r for r in plan(parse_entries({"euler": {"name": "euler"}, "heun": {"name": "heun"}},
+                                                         (4,)), problem.sde, settings)}
+    peers, _ = plan_peers(["euler"], [], (4,))
+    runs.update({f"diffusers:{p.method}": p for p in peers})
+    result = time_runs(problem, runs, settings, repeats=3, warmup=1)
+    assert set(result.times) == set(runs) and all(len(v) == 3 for v in result.times.values())
+    assert result.ratio("heun", "euler").summary.n == 3

@@ -30,7 +30,8 @@ import scoresde
 from scoresde.bench.planning import Entry, Run, SweepSettings, plan_runs, reference_solution, stream_seeds
 from scoresde.bench.problems import Problem, noise_seed
 from scoresde.bench.targets import Targets, build_targets, error_to, quality
-from scoresde.bench.timing import Conditions, Stopwatch, load_average, sync  # noqa: F401  (sync: for bench.peers)
+from scoresde.bench.timing import Comparison, Conditions, Stopwatch, compare, load_average
+from scoresde.bench.timing import sync as sync  # re-exported: bench.peers times its runs with it
 from scoresde.distributed import all_gather_objects, rank_batches
 from scoresde.solvers.noise import PerSampleNoise
 
@@ -99,6 +100,36 @@ def draw(problem: Problem, run: Run, seeds: Sequence[int], settings: SweepSettin
     seconds = max(sum(p[2] for _, p in rank_part) for rank_part in gathered)
     x = torch.cat([p[0] for p in parts]).to(problem.device)
     return x, max(p[1] for p in parts), seconds
+
+
+def time_runs(problem: Problem, runs: dict[str, Any], settings: SweepSettings, *, repeats: int = 9,
+              warmup: int = 1, conditions: Conditions | None = None) -> Comparison:
+    """Re-time sweep runs (:class:`~scoresde.bench.planning.Run`) and peer runs (``PeerRun``) of one problem
+    against each other with :func:`scoresde.bench.timing.compare`: interleaved rounds after warm-up, every run
+    on the same x_T (all of ``settings.seeds`` in one batch, :func:`start_noise`, drawn once outside the timed
+    region), its noise as in :func:`draw`. ``runs`` maps a name to a run; ratios come from the result's
+    :meth:`~scoresde.bench.timing.Comparison.ratio`. A sweep times each run once; this is the measurement behind
+    a time ratio that is quoted."""
+    seeds = list(settings.seeds)
+
+    def ours(run: Run) -> Callable[[Tensor], Tensor]:
+        def sample(x_T: Tensor) -> Tensor:
+            if settings.noise == "per_sample":
+                noise: dict[str, Any] = {"noise": PerSampleNoise([noise_seed(s) for s in seeds], problem.device)}
+            else:
+                noise = {"seed": None, "generator": torch.Generator().manual_seed(stream_seeds(settings.seed)["noise"])}
+            return scoresde.sample(problem.model, run.entry.name, run.steps, x_T=x_T, grid=run.entry.grid,
+                                   rho=settings.rho, denoise=settings.denoise, **noise, **run.options)
+        return sample
+
+    def peer(run: Any) -> Callable[[Tensor], Tensor]:
+        sampler = run.make(problem, run.steps)  # built once, outside the timed calls (as in PeerRun.draw)
+        return lambda x_T: sampler(x_T, seeds)
+
+    impls = {name: (peer(r) if hasattr(r, "make") else ours(r)) for name, r in runs.items()}
+    x_T = start_noise(problem, seeds, settings)
+    with torch.no_grad():
+        return compare(impls, (x_T,), repeats=repeats, warmup=warmup, device=problem.device, conditions=conditions)
 
 
 def plan(entries: list[Entry], sde: scoresde.SDE, settings: SweepSettings) -> list[Run]:
