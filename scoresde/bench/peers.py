@@ -6,9 +6,15 @@ diffusers (VP SDEs with a discrete DDPM schedule, ``sde.ddpm_schedule``): each s
 and a (possibly fractional) timestep k; the wrapper maps k to σ the way diffusers maps σ to k (linear
 interpolation of log σ_k over k, σ_k² = (1 − ᾱ_k)/ᾱ_k), then to SDE time t(σ), and calls the problem's own
 counted model, ``model.eps(x, t)``. Euler, Heun and DPM-Solver++ 2M use Karras σ's (ρ = 7, as scoresde's
-``karras`` grid); DDPM and DDIM use ``trailing`` spacing so that the first step starts at k = 999 (``leading``
+``karras`` grid); DDPM and DDIM use ``trailing`` spacing so that the first step starts at k = N − 1 (``leading``
 would skip the noisiest 10 % at 10 steps). DDPM's noise comes from one generator per sample
 (``noise_seed``), as scoresde's.
+
+On a diffusers model (:func:`scoresde.models.loader.load_diffusers`: its SDE is the
+:class:`~scoresde.sde.discrete.DiscreteVPSDE` of the model's own ᾱ table) the schedulers are built on that table
+(``trained_betas = 1 − ᾱ_k/ᾱ_{k−1}``, its N steps) and a timestep k is the SDE time t = k + 1, so the network sees
+exactly the timesteps diffusers' own loop gives it (fractional ones included); the ε fed to the scheduler is the
+counted model's ε (the network's own output for an ε-prediction model, converted from v or x₀ otherwise).
 
 k-diffusion: ``sample_*(denoiser, x̂_T, sigmas)`` on ``get_sigmas_karras`` between σ(t_min) and σ(T), with the
 denoiser ``D(x̂; σ) = model.denoiser(x̂, σ)`` and x̂_T = x_T / s(T).
@@ -78,19 +84,13 @@ def diffusers_factory(module: Any, method: str) -> Factory:
     cls_name, options, _, _ = DIFFUSERS[method]
 
     def make(problem: Problem, steps: int) -> Callable[[Tensor, Sequence[int]], Tensor]:
-        if not hasattr(problem.sde, "ddpm_schedule"):
-            raise ValueError(f"diffusers peers need a VP-type SDE with a discrete DDPM schedule; "
-                             f"{problem.sde.name} has none")
-        betas, alpha_bar = problem.sde.ddpm_schedule(1000)
-        sched = getattr(module, cls_name)(num_train_timesteps=1000, trained_betas=betas.numpy(),
+        betas, t_of_timestep = peer_table(problem.sde)
+        sched = getattr(module, cls_name)(num_train_timesteps=len(betas), trained_betas=betas.numpy(),
                                           prediction_type="epsilon", **options)
-        log_sigmas = 0.5 * torch.log((1 - alpha_bar) / alpha_bar)
-        ks = np.arange(1000, dtype=np.float64)
 
         def eps(x: Tensor, k: Tensor) -> Tensor:
-            sigma = math.exp(float(np.interp(float(k), ks, log_sigmas.numpy())))
-            t = problem.sde.t_of_sigma(torch.tensor(sigma, dtype=torch.float64))
-            return problem.model.eps(x, torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype))
+            t = t_of_timestep(float(k))
+            return problem.model.eps(x, torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype))
 
         def sampler(x_T: Tensor, seeds: Sequence[int]) -> Tensor:
             sched.set_timesteps(steps, device=x_T.device)
@@ -105,6 +105,27 @@ def diffusers_factory(module: Any, method: str) -> Factory:
         return sampler
 
     return make
+
+
+def peer_table(sde: Any) -> tuple[Tensor, Callable[[float], float]]:
+    """The betas a diffusers scheduler is built on and the SDE time of its (fractional) timestep k: the model's own
+    ᾱ table with t = k + 1 for a table SDE (``alphas_cumprod``, :meth:`timestep` = t − 1), else the SDE's 1000-step
+    DDPM schedule with k → σ as diffusers maps σ → k (log σ linear in k) and t = t(σ)."""
+    table = getattr(sde, "alphas_cumprod", None)
+    if isinstance(table, Tensor) and hasattr(sde, "timestep"):
+        ab = table.to(torch.float64)
+        return 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]]), lambda k: k + 1.0
+    if not hasattr(sde, "ddpm_schedule"):
+        raise ValueError(f"diffusers peers need a VP-type SDE with a discrete DDPM schedule; {sde.name} has none")
+    betas, alpha_bar = sde.ddpm_schedule(1000)
+    log_sigmas = (0.5 * torch.log((1 - alpha_bar) / alpha_bar)).numpy()
+    ks = np.arange(1000, dtype=np.float64)
+
+    def t_of_timestep(k: float) -> float:
+        sigma = math.exp(float(np.interp(k, ks, log_sigmas)))
+        return float(sde.t_of_sigma(torch.tensor(sigma, dtype=torch.float64)))
+
+    return betas, t_of_timestep
 
 
 def kdiffusion_factory(sampling: Any, method: str) -> Factory:

@@ -5,7 +5,9 @@ A :class:`Problem` is what every sweep run samples from. Exact-score testbeds
 Karras et al. 2022, appendix B.3) know their data distribution exactly: exact samples, and for mixtures
 with positive component widths the exact data log-density. A trained network knows only its training
 data (toys: fresh draws of the generator; images: the dataset). Image problems carry a feature
-extractor (:func:`scoresde.evaluation.feature_extractor`) for the FID-style distance.
+extractor (:func:`scoresde.evaluation.feature_extractor`) for the FID-style distance. A model that comes
+without its data (a diffusers model directory) is compared against samples of its own float64 probability-flow
+ODE (:func:`reference_data`), or against a data set the user names.
 
 Starting noise is drawn per sample from the sample's own seed (:meth:`Problem.prior`), so splitting a
 seed list across processes gives the same samples as one process running all of them.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -123,6 +126,23 @@ def network_problem(net: torch.nn.Module, sde: SDE, event_shape: Sequence[int], 
     reference = ScoreModel(in_float32, sde, model.prediction)
     shape = tuple(int(s) for s in event_shape)
     return Problem(name, model, sde, shape, data, None, image_features(shape, device), reference, False, device)
+
+
+def reference_data(problem: Problem, reference: dict[str, Any], batch: int = 256) -> DataFn:
+    """``data(n, generator)``: n samples of the problem's own probability-flow ODE, solved in float64 with the
+    reference solver (``reference``: method, rtol, atol, as :func:`scoresde.bench.planning.reference_solution`) from
+    x_T drawn with ``generator`` down to the data (denoised), ``batch`` at a time. For a model whose data are not at
+    hand, the metrics then measure the distance to the distribution the exact ODE would give."""
+    import scoresde
+
+    def data(n: int, generator: torch.Generator) -> Tensor:
+        x_T = problem.sde.prior_sample((n, *problem.event_shape), generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            parts = [scoresde.sample(problem.reference_model, "ode", 2, x_T=part.to(problem.device), denoise=True,
+                                     **reference) for part in x_T.split(batch)]
+        return torch.cat(parts).float().cpu()
+
+    return data
 
 
 def dataset_sampler(points: Tensor) -> DataFn:

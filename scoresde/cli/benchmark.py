@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -39,7 +40,7 @@ from scoresde.bench import (
     sweep_problem,
 )
 from scoresde.bench.planning import NOISE_MODES, Entry
-from scoresde.bench.problems import Problem, dataset_sampler, network_problem, testbed_problem
+from scoresde.bench.problems import Problem, dataset_sampler, network_problem, reference_data, testbed_problem
 from scoresde.bench.targets import METRICS
 from scoresde.cli.common import (
     CONFIG_DIR,
@@ -54,12 +55,13 @@ from scoresde.cli.common import (
     torch_threads,
 )
 from scoresde.cli.solver_options import build_solver
+from scoresde.data import IMAGE_DATASETS, TOYS
 from scoresde.data.from_config import load_data_config
 from scoresde.distributed import DistContext, init_distributed, resolve_device, shutdown
 from scoresde.errors import ConfigError, UnknownNameError, UserError
-from scoresde.models.loader import load_model
+from scoresde.models.loader import DIFFUSERS_PREFIX, load_model
 
-PROBLEMS = ("testbed", "checkpoint")
+PROBLEMS = ("testbed", "checkpoint", "diffusers")
 REPORTS = ("bench", "compare")
 ENTRY_KEYS = ("name", "grid", "options", "budgets", "tolerances")
 
@@ -238,30 +240,67 @@ def checkpoint_data(train_cfg: dict[str, Any]) -> Any:
 
 
 def problem_kind(cfg: DictConfig) -> str:
-    """``problem`` (testbed or checkpoint), checked with the settings it needs."""
+    """``problem`` (testbed, checkpoint or diffusers), checked with the settings it needs."""
     kind = str(cfg.get("problem", "testbed"))
     if kind not in PROBLEMS:
         raise UnknownNameError(f"problem must be one of {', '.join(PROBLEMS)}, got problem={kind!r}")
-    if kind == "checkpoint" and plain(cfg.get("sdes")):
-        raise ConfigError("sdes= applies to testbeds; a checkpoint's SDE is the one it was trained with")
+    if kind != "testbed" and plain(cfg.get("sdes")):
+        raise ConfigError("sdes= applies to testbeds; a model's SDE is the one it was trained with")
     if kind == "checkpoint" and not cfg.get("ckpt"):
-        raise ConfigError("problem=checkpoint needs ckpt=<a checkpoint file, its folder or the run dir>")
+        raise ConfigError("problem=checkpoint needs ckpt=<a checkpoint file, its folder, the run dir or "
+                          "diffusers:<dir>>")
+    if kind == "diffusers" and not cfg.get("model_dir"):
+        raise ConfigError("problem=diffusers needs model_dir=<a local diffusers model or pipeline directory>")
+    dataset = cfg.get("dataset")
+    if dataset is not None and str(dataset) not in (*IMAGE_DATASETS, *TOYS):
+        raise UnknownNameError(f"dataset must be null or one of {', '.join([*IMAGE_DATASETS, *TOYS])}, "
+                               f"got dataset={dataset!r}")
     return kind
 
 
+def model_source(cfg: DictConfig, kind: str) -> tuple[str, str, str]:
+    """``(key, value, source)``: the key and value that name a network problem's model, and its loader source."""
+    if kind == "diffusers":
+        return "model_dir", str(cfg.get("model_dir")), f"{DIFFUSERS_PREFIX}{cfg.get('model_dir')}"
+    return "ckpt", str(cfg.get("ckpt")), str(cfg.get("ckpt"))
+
+
+def named_data(name: str, shape: tuple[int, ...]) -> Any:
+    """Samples of data set ``dataset=<name>`` (its train split), checked against the model's sample shape."""
+    try:
+        x = load_data_config({"name": name, "split": "train"}, seed=12345)[0].float()
+    except (OSError, UserError, KeyError) as err:
+        raise ConfigError(f"dataset={name}: {one_line(err)}") from None
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise ConfigError(f"dataset={name} has samples of shape {tuple(x.shape[1:])}, but the model takes samples of "
+                          f"shape {tuple(shape)}")
+    return dataset_sampler(x)
+
+
 def build_problems(cfg: DictConfig, device: torch.device) -> list[Problem]:
-    """The testbed under each SDE of the config, or the checkpoint's network."""
+    """The testbed under each SDE of the config, or the network of a checkpoint or a diffusers model directory.
+    A network problem's metrics compare against ``dataset=`` when given, else its training data (a checkpoint's)
+    or the samples of its own float64 reference ODE (a diffusers model, which comes without data)."""
     kind = problem_kind(cfg)
     if kind == "testbed":
         testbed = make_testbed(cfg.get("testbed"))
         return [testbed_problem(testbed, sde, device) for sde in sde_list(cfg)]
+    key, value, source = model_source(cfg, kind)
     try:
-        loaded = load_model(str(cfg.get("ckpt")), bool_option(cfg, "ema", True))
+        loaded = load_model(source, bool_option(cfg, "ema", True))
     except (OSError, UserError) as err:
-        raise ConfigError(f"ckpt={cfg.get('ckpt')}: {one_line(err)}") from None
+        raise ConfigError(f"{key}={value}: {one_line(err)}") from None
+    dataset = None if cfg.get("dataset") is None else named_data(str(cfg.get("dataset")), loaded.shape)
+    if loaded.provenance.get("format") == "diffusers":
+        folder = Path(str(loaded.provenance["source"])[len(DIFFUSERS_PREFIX):])
+        name = "diffusers_" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", folder.resolve().name) or "model")
+        problem = network_problem(loaded.model, loaded.sde, loaded.shape, name, dataset, device)
+        return [problem if dataset is not None else replace(problem, data=reference_data(problem,
+                                                                                         reference_options(cfg)))]
     train_cfg = loaded.training_config
     name = f"{(train_cfg.get('data') or {}).get('name', 'model')}@step{loaded.step}"
-    return [network_problem(loaded.model, loaded.sde, loaded.shape, name, checkpoint_data(train_cfg), device)]
+    data = dataset if dataset is not None else checkpoint_data(train_cfg)
+    return [network_problem(loaded.model, loaded.sde, loaded.shape, name, data, device)]
 
 
 def machine(device: torch.device) -> dict[str, Any]:
