@@ -7,7 +7,7 @@ Public API:
                  network F(x, c_noise, labels) into a model of any SDE), load_model (a shipped name, pretrained
                  file, checkpoint or run dir: the one loader; nothing in a file can run code)
     testbeds     GaussianMixture, get_testbed (gaussian, ring, grid, high_dim, digits)
-    solvers      SOLVERS, get_solver, Solver, make_grid, TimeGrid, PerSampleNoise
+    solvers      SOLVERS, get_solver, Solver, make_grid, TimeGrid, PerSampleNoise, GeneratorNoise, BrownianNoise
     sampling     sample
 
 Subpackages imported explicitly: scoresde.training (losses, Trainer, checkpoints), scoresde.evaluation
@@ -32,15 +32,16 @@ from scoresde.sde import (
     get_sde,
 )
 from scoresde.solvers import (
-                          GRIDS,
-                          SOLVERS,
-                          GeneratorNoise,
-                          PerSampleNoise,
-                          Solver,
-                          StepInfo,
-                          TimeGrid,
-                          get_solver,
-                          make_grid,
+    GRIDS,
+    SOLVERS,
+    BrownianNoise,
+    GeneratorNoise,
+    PerSampleNoise,
+    Solver,
+    StepInfo,
+    TimeGrid,
+    get_solver,
+    make_grid,
 )
 from scoresde.testbeds import GaussianMixture, get_testbed
 from scoresde.utils import append_dims
@@ -50,4 +51,4 @@ __version__ = "0.1.0"
 __all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "CosineVPSDE", "FlowSDE", "SDES", "get_sde", "ReverseSDE",
            "ProbabilityFlowODE", "ScoreModel", "CountingModel", "Preconditioned", "load_model", "GaussianMixture",
            "get_testbed", "SOLVERS", "GRIDS", "Solver", "StepInfo", "TimeGrid", "get_solver", "make_grid",
-           "GeneratorNoise", "PerSampleNoise", "sample", "append_dims", "__version__"]
+           "GeneratorNoise", "PerSampleNoise", "BrownianNoise", "sample", "append_dims", "__version__"]

@@ -25,7 +25,7 @@ from torchdiffeq import odeint
 
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.reverse import ProbabilityFlowODE
-from scoresde.solvers.ode import ADAPTIVE
+from scoresde.solvers.ode import is_adaptive
 from scoresde.utils import flat_dim
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -240,7 +240,7 @@ def ode_log_likelihood(model: ScoreModel, x0: Tensor, *, divergence: str = "exac
     ts = torch.tensor([t_min, T], dtype=torch.float64, device=x0.device)
     state0 = (x0.detach(), torch.zeros(probes if eps is not None else 1, x0.shape[0], dtype=x0.dtype,
                                        device=x0.device))
-    options = {"step_t": torch.tensor([T], dtype=torch.float64)} if method in ADAPTIVE else None
+    options = {"step_t": torch.tensor([T], dtype=torch.float64)} if is_adaptive(method) else None
     try:
         with torch.no_grad():
             xs, integrals = odeint(func, state0, ts, method=method, rtol=rtol, atol=atol, options=options)
