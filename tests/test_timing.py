@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from scoresde.bench.timing import Comparison, Conditions, Ratio, Stopwatch, Summary, compare, pin_conditions
+from scoresde.bench.timing import Agreement, Comparison, Conditions, Ratio, Stopwatch, Summary, compare, pin_conditions
 
 
 def recorder(calls: list[str], name: str, pause: float = 0.0):
@@ -139,3 +139,12 @@ def test_time_runs_interleaves_sweep_runs_and_peers_on_one_x_T():
     result = time_runs(problem, runs, settings, repeats=3, warmup=1)
     assert set(result.times) == set(runs) and all(len(v) == 3 for v in result.times.values())
     assert result.ratio("heun", "euler").summary.n == 3
+
+
+def test_separate_runs_agree_on_overlapping_values_and_on_shared_verdicts():
+    a, b, c = Summary(0.80, 0.75, 0.85, 9), Summary(0.84, 0.82, 0.90, 9), Summary(0.70, 0.66, 0.74, 9)
+    assert Agreement((a, b)).overlap and Agreement((a, b)).fmt(".2f") == "0.82 [0.75–0.90]"
+    assert not Agreement((a, b, c)).overlap and Agreement((a, b, c)).fmt(".2f") == "disagree: 0.80 / 0.84 / 0.70"
+    assert Agreement((a, b, c)).verdict(1.0) == "yes"            # all three resolve "below 1" though values differ
+    assert Agreement((a, Summary(1.1, 0.9, 1.2, 9))).verdict(1.0) == "not resolved"
+    assert Agreement((a, Summary(1.1, 1.05, 1.2, 9))).verdict(1.0) == "not resolved"  # opposite verdicts

@@ -188,9 +188,10 @@ def side(summary: Summary, target: float) -> int:
 class Agreement:
     """One figure measured by several separate runs: what they agree on.
 
-    The runs agree when their IQRs overlap (max q25 ≤ min q75). The quoted value is the median of their medians
-    with the envelope of their IQRs (lowest q25 to highest q75); a verdict against a target is given only when
-    every run resolved it the same way."""
+    The runs agree on a value when their IQRs overlap (max q25 ≤ min q75): the quoted value is then the median of
+    their medians with the envelope of their IQRs (lowest q25 to highest q75). They agree on a verdict against a
+    target when every run resolved it the same way — even where the values themselves disagree (three loaded runs
+    can differ on how much faster one implementation is and all still resolve that it is faster)."""
 
     summaries: tuple[Summary, ...]
 
@@ -208,10 +209,10 @@ class Agreement:
         return f"{format(med, spec)} [{format(lo, spec)}–{format(hi, spec)}]"
 
     def verdict(self, target: float, below: str = "yes", above: str = "no") -> str:
-        """The verdict every run gives against ``target``, or "not resolved" when any run straddles it or the
-        runs disagree."""
+        """The verdict every run gives against ``target``, or "not resolved" when any run straddles it or two
+        runs resolve it opposite ways."""
         sides = {side(s, target) for s in self.summaries}
-        one = sides.pop() if len(sides) == 1 and self.overlap else 0
+        one = sides.pop() if len(sides) == 1 else 0
         return VERDICTS[one].format(below=below, above=above)
 
 
