@@ -389,10 +389,10 @@ def markdown(runs: list[dict[str, Any]]) -> str:
             + (", glibc keeps freed memory (--keep-memory)" if info.get("malloc_keep_memory") else "") + "\n"
             f"Batch {config['batch']}×3×32×32 float32, VP SDE, {config['steps']} steps (uniform grid), model "
             f"eps = 0.5·x; {config['repeats']} interleaved rounds after {config['warmup']} warm-up, "
-            f"{len(runs)} separate run(s).\n")
+            f"{len(runs)} separate run(s).\n\n")
     for i, run in enumerate(runs, 1):
-        head += f"Run {i} ({run['machine'].get('date', '?')}): {describe(run['conditions'])}\n"
-    head += ("Cells: median [IQR] of one run; over several runs, median of the medians [lowest q25 – highest q75], "
+        head += f"- Run {i} ({run['machine'].get('date', '?')}): {describe(run['conditions'])}\n"
+    head += ("\nCells: median [IQR] of one run; over several runs, median of the medians [lowest q25 – highest q75], "
              "or 'disagree' with each run's median where their IQRs do not overlap. Ratios are of paired runs "
              "(same round). A verdict is 'not resolved' when an IQR straddles the target.\n\n")
     cols = ["method", "NFE sde/diff", "scoresde ms/step", "bare ms/step", "diffusers ms/step", "scoresde/bare",
