@@ -20,10 +20,27 @@ TINY = {
                            "--device", "cpu"],
 }
 GALLERY = ["--only", "forward", "--threads", "1"]  # make_gallery.py: the cheapest image, needs the shipped model
+QUALITY = ["--solver", "euler", "--steps", "2", "--n-per-class", "2", "--n-test", "20", "--batch", "20",
+           "--threads", "1"]  # model_quality.py: needs the shipped model and Fashion-MNIST
+NEEDS_MODEL = [pytest.mark.skipif(not (WEIGHTS_DIR / PRETRAINED["fashion_mnist"]).is_file(),
+                                  reason="shipped weights not built"),
+               pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(),
+                                  reason=f"needs Fashion-MNIST: {FASHION_MNIST_INSTALL}")]
 
 
 def test_every_script_has_a_tiny_setting():
-    assert sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")) == sorted([*TINY, "make_gallery.py"])
+    assert sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")) == sorted([*TINY, "make_gallery.py",
+                                                                                 "model_quality.py"])
+
+
+@NEEDS_MODEL[0]
+@NEEDS_MODEL[1]
+def test_model_quality_script_prints_its_table(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "model_quality.py"), *QUALITY, "--out",
+                           str(tmp_path / "q.json")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("|")]) >= 3, proc.stdout
 
 
 @pytest.mark.skipif(not (WEIGHTS_DIR / PRETRAINED["fashion_mnist"]).is_file(), reason="shipped weights not built")
