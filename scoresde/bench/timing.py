@@ -86,11 +86,12 @@ class Conditions:
 def pin_conditions(threads: int | None = None, device: torch.device | str = "cpu",
                    flush_denormal: bool = True) -> Conditions:
     """Set the torch thread count (``None``: keep the current one, but record it) and, with ``flush_denormal``,
-    ``torch.set_flush_denormal(True)`` (False in the result where the CPU does not support it). Records the load
+    ``torch.set_flush_denormal(True)`` (False in the result where the CPU does not support it, None when not
+    asked for). Records the load
     average now; :func:`compare` fills in the load after."""
     if threads is not None:
         torch.set_num_threads(int(threads))
-    flushed = bool(torch.set_flush_denormal(True)) if flush_denormal else False
+    flushed = bool(torch.set_flush_denormal(True)) if flush_denormal else None
     return Conditions(torch.get_num_threads(), flushed, str(device), load_before=load_average())
 
 
@@ -109,13 +110,13 @@ class Stopwatch:
         sync(self.device)
         if self._cuda:
             self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self._start.record()
+            self._start.record(torch.cuda.current_stream(self.device))
         self._t0 = self.clock()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._cuda:
-            self._end.record()
+            self._end.record(torch.cuda.current_stream(self.device))
             self._end.synchronize()
             self.seconds = self._start.elapsed_time(self._end) / 1e3
         else:
