@@ -159,3 +159,151 @@ def test_chain_and_sde_approach_the_same_distribution():
     assert errors[-1] < mc + 0.005
     assert errors[0] > errors[-1] and gaps[0] > gaps[-1] + mc
     assert gaps[0] > 0.01  # at 5 steps the two discretizations differ measurably
+
+
+def sample_dpmpp_2m_sde(model, x, sigmas, eta=1.0, s_noise=1.0, noise_sampler=None, solver_type="midpoint"):
+    """k-diffusion's ``sample_dpmpp_2m_sde`` (DPM-Solver++(2M) SDE), transcribed without its callback."""
+    old_denoised, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised  # denoising step
+        else:
+            t, s = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = s - t
+            eta_h = eta * h
+            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * denoised
+            if old_denoised is not None:
+                r = h_last / h
+                if solver_type == "heun":
+                    x = x + ((-h - eta_h).expm1().neg() / (-h - eta_h) + 1) * (1 / r) * (denoised - old_denoised)
+                elif solver_type == "midpoint":
+                    x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - old_denoised)
+            if eta:
+                x = x + (noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+                         * (-2 * eta_h).expm1().neg().sqrt() * s_noise)
+        old_denoised = denoised
+        h_last = h
+    return x
+
+
+def sample_dpmpp_3m_sde(model, x, sigmas, eta=1.0, s_noise=1.0, noise_sampler=None):
+    """k-diffusion's ``sample_dpmpp_3m_sde`` (DPM-Solver++(3M) SDE), transcribed without its callback."""
+    denoised_1, denoised_2 = None, None
+    h, h_1, h_2 = None, None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised  # denoising step
+        else:
+            t, s = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = s - t
+            h_eta = h * (eta + 1)
+            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
+            if h_2 is not None:
+                r0 = h_1 / h
+                r1 = h_2 / h
+                d1_0 = (denoised - denoised_1) / r0
+                d1_1 = (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + phi_2 * d1 - phi_3 * d2
+            elif h_1 is not None:
+                r = h_1 / h
+                d = (denoised - denoised_1) / r
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                x = x + phi_2 * d
+            if eta:
+                x = x + (noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+                         * (-2 * h * eta).expm1().neg().sqrt() * s_noise)
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
+    return x
+
+
+def _k_diffusion_case(sde, steps, denoise, seed):
+    """The σ's of a Karras grid, x̂_T, and our x_T = s_0·x̂_T."""
+    grid = sd.make_grid(sde, steps, "karras", denoise=denoise)
+    x_hat = torch.randn(32, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * grid.sigma[0]
+    return grid, x_hat, x_hat * float(grid.s[0])
+
+
+SDES = (sd.EDMSDE(), sd.VESDE(sigma_max=20.0), sd.VPSDE())
+
+
+def test_dpmpp_sde_solvers_match_k_diffusion_transcriptions():
+    """dpmpp_2m_sde (both corrections) and dpmpp_3m_sde at several η, on the same σ's and the same noise stream
+    (the transcription's noise sampler draws from a generator seeded as ours)."""
+    tb = sd.get_testbed("ring")
+    worst = 0.0
+    cases = [("dpmpp_2m_sde", sample_dpmpp_2m_sde, {"solver_type": "midpoint"}),
+             ("dpmpp_2m_sde", sample_dpmpp_2m_sde, {"solver_type": "heun"}),
+             ("dpmpp_3m_sde", sample_dpmpp_3m_sde, {})]
+    for sde in SDES:
+        for denoise in (True, False):
+            grid, x_hat, x_T = _k_diffusion_case(sde, 12, denoise, 6)
+            for name, reference, options in cases:
+                for eta, s_noise in ((0.0, 1.0), (0.5, 1.0), (1.0, 1.003)):
+                    gen = torch.Generator().manual_seed(9)
+                    ref = reference(tb.denoiser, x_hat.clone(), grid.sigma, eta=eta, s_noise=s_noise,
+                                    noise_sampler=lambda s, s_next, g=gen, like=x_hat: torch.randn(
+                                        like.shape, generator=g, dtype=like.dtype), **options)
+                    ours = sd.sample(tb.model(sde), name, grid=grid, x_T=x_T, eta=eta, s_noise=s_noise,
+                                     noise=GeneratorNoise(torch.Generator().manual_seed(9)), **options)
+                    ref = ref * float(grid.s[-1])  # k-diffusion's x is x̂; ours is s·x̂ (s = 1 at the data)
+                    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10,
+                                               msg=f"{name} {options} eta={eta} {sde.name} denoise={denoise}")
+                    worst = max(worst, (ours - ref).abs().max().item())
+    assert worst < 1e-10
+
+
+def test_dpmpp_at_eta_zero_is_the_deterministic_solver_exactly():
+    tb = sd.get_testbed("ring")
+    for sde in SDES:
+        model = tb.model(sde)
+        x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        kwargs = dict(steps=9, x_T=x_T, seed=0, grid="karras", denoise=True)
+        nan_noise = lambda x: torch.full_like(x, math.nan)  # noqa: E731  (η = 0 draws nothing)
+        assert torch.equal(sd.sample(model, "dpmpp_3m_sde", eta=0.0, noise=nan_noise, **kwargs),
+                           sd.sample(model, "dpmpp_3m", **kwargs))
+        assert torch.equal(sd.sample(model, "dpmpp_2m_sde", eta=0.0, **kwargs), sd.sample(model, "dpmpp_2m", **kwargs))
+        assert not sd.get_solver("dpmpp_2m_sde", eta=0.0).stochastic
+        noisy = sd.sample(model, "dpmpp_3m_sde", eta=1.0, **kwargs)
+        assert not torch.allclose(noisy, sd.sample(model, "dpmpp_3m", **kwargs))
+
+
+def ipndm_sampler(denoiser, x, sigmas, max_order=4):
+    """iPNDM as the paper gives it (Zhang & Chen 2023, App. B; the loop of the reference code of Zhou et al.'s
+    "Fast ODE-based sampling", ``get_ipndm``): Adams–Bashforth with the constant weights on the slopes
+    d = (x − D(x; σ))/σ, order min(i + 1, max_order); Euler (x ← D) on a step into σ = 0."""
+    buffer = []
+    for i in range(len(sigmas) - 1):
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        d_cur = (x - denoiser(x, t_cur)) / t_cur
+        order = min(max_order, i + 1) if t_next > 0 else 1
+        if order == 1:
+            x_next = x + (t_next - t_cur) * d_cur
+        elif order == 2:
+            x_next = x + (t_next - t_cur) * (3 * d_cur - buffer[-1]) / 2
+        elif order == 3:
+            x_next = x + (t_next - t_cur) * (23 * d_cur - 16 * buffer[-1] + 5 * buffer[-2]) / 12
+        else:
+            x_next = x + (t_next - t_cur) * (55 * d_cur - 59 * buffer[-1] + 37 * buffer[-2] - 9 * buffer[-3]) / 24
+        buffer = (buffer + [d_cur])[-(max_order - 1):]
+        x = x_next
+    return x
+
+
+def test_ipndm_matches_the_papers_loop():
+    tb = sd.get_testbed("ring")
+    worst = 0.0
+    for sde in SDES:
+        for denoise in (True, False):
+            grid, x_hat, x_T = _k_diffusion_case(sde, 10, denoise, 7)
+            ref = ipndm_sampler(tb.denoiser, x_hat.clone(), grid.sigma) * float(grid.s[-1])
+            ours = sd.sample(tb.model(sde), "ipndm", grid=grid, x_T=x_T)
+            torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10, msg=f"{sde.name} denoise={denoise}")
+            worst = max(worst, (ours - ref).abs().max().item())
+    assert worst < 1e-10

@@ -10,11 +10,11 @@ Written over the registry: a new stochastic solver is checked with no edit here.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import scoresde as sd
+from scoresde.evaluation import fit_order
 from scoresde.solvers import BrownianNoise
 from scoresde.solvers.base import REVERSE_NOISE
 from tests.conftest import solver_names
@@ -66,7 +66,7 @@ def strong_order(model, x_T, solver) -> tuple[float, list[float]]:
     noise = path(model)
     fine = state_at_midpoint(model, x_T, solver, FINE, noise)
     errors = [(state_at_midpoint(model, x_T, solver, n, noise) - fine).pow(2).mean().sqrt().item() for n in STEPS]
-    return -np.polyfit(np.log(STEPS), np.log(errors), 1)[0], errors
+    return fit_order(STEPS, errors), errors
 
 
 @pytest.mark.parametrize("name,options", stochastic_cases(), ids=lambda v: v if isinstance(v, str) else

@@ -2,31 +2,14 @@
 PNDM's linear multistep method in the ρ = σ parametrization, with a lower-order multistep warm start."""
 from __future__ import annotations
 
-import math
-
-import numpy as np
 from torch import Tensor
 
 from scoresde.solvers.base import StepContext, register
+from scoresde.solvers.multistep import adams_bashforth_weights, combine, remember
 from scoresde.solvers.sigma_term import SigmaSolver
 
 MAX_ORDER = 4
-
-
-def adams_bashforth_weights(taus: list[float]) -> list[float]:
-    """Weights w_j of ``∫₀¹ p(τ) dτ = Σ_j w_j p(τ_j)`` for the polynomial p through the nodes τ_j: the
-    Adams–Bashforth weights in the step variable ``τ = (σ − σ_i)/(σ_{i+1} − σ_i)`` (DEIS eq. 15, ρAB-DEIS,
-    with the Lagrange basis ℓ_j). Equal steps, ``τ_j = −j``, give 1; 3/2, −1/2; 23/12, −16/12, 5/12;
-    55/24, −59/24, 37/24, −9/24 (Hairer, Nørsett & Wanner, §III.1)."""
-    if len(taus) == 1:
-        return [1.0]
-    weights = []
-    for j, tau_j in enumerate(taus):
-        others = [tau for k, tau in enumerate(taus) if k != j]
-        basis = np.polynomial.Polynomial.fromroots(others) / math.prod(tau_j - tau for tau in others)
-        integral = basis.integ()
-        weights.append(float(integral(1.0) - integral(0.0)))
-    return weights
+__all__ = ["IPNDM", "adams_bashforth_weights"]  # the weights live in multistep.py, shared with DEIS
 
 
 @register
@@ -55,14 +38,9 @@ class IPNDM(SigmaSolver):
 
     def step_hat(self, x_hat: Tensor, ctx: StepContext) -> Tensor:
         term, i = ctx.term, ctx.i
-        history: list[tuple[Tensor, float]] = ctx.state.setdefault("slopes", [])
-        history.insert(0, (term.eps(x_hat, i), term.sigma(i)))
-        del history[MAX_ORDER:]
+        history = remember(ctx.state, "slopes", (term.eps(x_hat, i), term.sigma(i)), MAX_ORDER)
         sigma, step = term.sigma(i), term.sigma(i + 1) - term.sigma(i)
         used = history if term.sigma(i + 1) > 0 else history[:1]
         taus = [(s - sigma) / step if self.variable_step else -j for j, (_, s) in enumerate(used)]
         weights = adams_bashforth_weights(taus)
-        slope = weights[0] * used[0][0]
-        for w, (d, _) in zip(weights[1:], used[1:]):
-            slope = slope + w * d
-        return x_hat + step * slope
+        return x_hat + step * combine(weights, [d for d, _ in used])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,6 +68,14 @@ class SigmaTerm:
         """ε̂(x̂; σ_j) = (x̂ − D(x̂; σ_j))/σ_j = dx̂/dσ at grid point j (one evaluation; asked as ε directly,
         which spares score- and ε-models the round trip through D)."""
         return self._predict(x_hat, j, "eps")
+
+    def t(self, j: int) -> float:
+        """The SDE time t_j of grid point j."""
+        return self.grid.t_list[j]
+
+    def t_of_sigma(self, sigma: np.ndarray) -> np.ndarray:
+        """The SDE's times t(σ) at off-grid noise levels (float64), for weights integrated over a step (DEIS)."""
+        return self.model.sde.t_of_sigma(torch.as_tensor(sigma, dtype=torch.float64)).numpy()
 
     def eps_off_grid(self, x_hat: Tensor, sigma: float) -> Tensor:
         """ε̂(x̂; σ) at a σ that is not a grid point (EDM's churned σ̂), through the SDE's s(σ) and t(σ)."""
