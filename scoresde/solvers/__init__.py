@@ -4,7 +4,8 @@ import importlib
 import pkgutil
 
 from scoresde.solvers.base import SOLVERS, Solver, StepContext, StepInfo, get_solver, register
-from scoresde.solvers.grids import GRIDS, TimeGrid, as_grid, grid_from_times, make_grid
+from scoresde.solvers.grid_search import optimize_grid
+from scoresde.solvers.grids import GRIDS, TimeGrid, as_grid, grid_from_times, load_grid, make_grid, save_grid
 from scoresde.solvers.noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise, as_noise, make_noise
 from scoresde.solvers.sigma_term import SigmaSolver, SigmaTerm
 
@@ -12,5 +13,5 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["SOLVERS", "Solver", "StepContext", "StepInfo", "get_solver", "register", "GRIDS", "TimeGrid",
-           "as_grid", "grid_from_times", "make_grid", "BrownianNoise", "GeneratorNoise", "NoiseSource",
-           "PerSampleNoise", "as_noise", "make_noise", "SigmaSolver", "SigmaTerm"]
+           "as_grid", "grid_from_times", "load_grid", "make_grid", "optimize_grid", "save_grid", "BrownianNoise",
+           "GeneratorNoise", "NoiseSource", "PerSampleNoise", "as_noise", "make_noise", "SigmaSolver", "SigmaTerm"]
