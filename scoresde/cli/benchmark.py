@@ -48,9 +48,9 @@ from scoresde.cli.common import (
     bool_option,
     float_option,
     int_option,
+    make_output_dir,
     named,
     one_line,
-    output_dir,
     plain,
     torch_threads,
 )
@@ -211,16 +211,6 @@ def make_testbed(node: Any) -> scoresde.GaussianMixture:
         raise ConfigError(f"testbed: {err}") from None
 
 
-def make_out_dir(cfg: DictConfig) -> Path:
-    """The output directory, created now (before any work), or a ConfigError naming ``out_dir``."""
-    out = output_dir(cfg)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"out_dir: cannot create {out}: {err.strerror or err}") from None
-    return out
-
-
 def sde_list(cfg: DictConfig) -> list[scoresde.SDE]:
     """``sdes`` (names or mappings) if given, else the ``sde`` group's choice."""
     names = plain(cfg.get("sdes"))
@@ -367,7 +357,7 @@ def _run(cfg: DictConfig, ctx: DistContext, settings: SweepSettings, entries: li
     settings = replace(settings, dist=ctx, progress=settings.progress and ctx.is_main)
     device = ctx.device
     peers, notes = plan_peers(plain(cfg.get("peers")) or [], plain(cfg.get("kdiffusion")) or [], settings.budgets)
-    out = make_out_dir(cfg) if ctx.is_main else None
+    out = make_output_dir(cfg) if ctx.is_main else None
     start = time.perf_counter()
     problems = build_problems(cfg, device)
     results = [sweep_problem(p, entries, settings, peers) for p in problems]

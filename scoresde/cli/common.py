@@ -198,6 +198,25 @@ def output_dir(cfg: DictConfig) -> Path:
     raise ConfigError("set out_dir: there is no Hydra run directory outside a Hydra app")
 
 
+def make_dir(path: Path, key: str, value: Any = None) -> Path:
+    """Create the folder ``path`` now (before any work) and check it is writable; a ConfigError naming the config
+    ``key`` (and its ``value``, default the path) otherwise."""
+    shown = f"{key}={path if value is None else value}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{shown}: cannot create the folder {path} ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{shown}: the folder {path} is not writable")
+    return path
+
+
+def make_output_dir(cfg: DictConfig) -> Path:
+    """:func:`output_dir`, created now and checked writable (:func:`make_dir`; the key named is ``out_dir``, or
+    ``hydra.run.dir`` when the Hydra run directory is used)."""
+    return make_dir(output_dir(cfg), "out_dir" if cfg.get("out_dir") else "hydra.run.dir")
+
+
 def generator(seed: Any) -> torch.Generator:
     """A CPU generator seeded with ``seed`` (an integer; a ConfigError naming ``seed`` otherwise)."""
     return torch.Generator().manual_seed(int_option({"seed": seed}, "seed", minimum=0))

@@ -30,6 +30,7 @@ from scoresde.cli.common import (
     bool_option,
     float_option,
     int_option,
+    make_dir,
     one_line,
     output_dir,
     plain,
@@ -291,10 +292,7 @@ def png_path(cfg: DictConfig, mode: str) -> Path:
     path = Path(str(cfg.out)).expanduser() if key == "out" else output_dir(cfg) / f"{mode}.png"
     if path.suffix.lower() != ".png":
         raise ConfigError(f"out must name a .png file, got out={cfg.out}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{key}={cfg.get(key)}: cannot create the folder {path.parent}: {e.strerror or e}") from None
+    make_dir(path.parent, key, cfg.get(key))
     if path.is_dir():
         raise ConfigError(f"{key}={cfg.get(key)}: {path} is a folder, not a file")
     return path

@@ -49,6 +49,7 @@ from scoresde.cli.common import (
     float_option,
     generator,
     int_option,
+    make_dir,
     named,
     one_line,
     torch_threads,
@@ -267,12 +268,7 @@ def _out_dir(cfg: DictConfig) -> Path | None:
     """``out_dir`` (created now, so that a path that cannot hold it fails before the work), or None."""
     if not cfg.get("out_dir"):
         return None
-    path = Path(str(cfg.out_dir)).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"out_dir={cfg.out_dir}: cannot create the folder: {e.strerror or e}") from None
-    return path
+    return make_dir(Path(str(cfg.out_dir)).expanduser(), "out_dir", cfg.out_dir)
 
 
 def likelihood(cfg: DictConfig) -> dict[str, Any]:

@@ -38,8 +38,8 @@ from scoresde.cli.common import (
     bool_option,
     float_option,
     int_option,
+    make_output_dir,
     one_line,
-    output_dir,
     plain,
     torch_threads,
 )
@@ -110,17 +110,6 @@ def load_ckpt(cfg: DictConfig, path: Path, device: torch.device) -> LoadedModel:
         return load_model(source, bool_option(cfg, "ema", True), device, plain(cfg.get("shape")))
     except (OSError, ValueError) as e:
         raise with_key(key, value, e) from e
-
-
-def prepare_out_dir(cfg: DictConfig) -> Path:
-    """The output folder, created now (before any sampling); one that cannot be created names its key."""
-    out = output_dir(cfg)
-    key = "out_dir" if cfg.get("out_dir") else "hydra.run.dir"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{key}={out}: cannot create the output folder ({e.strerror or e})") from None
-    return out
 
 
 def solver_entry(cfg: DictConfig) -> dict[str, Any]:
@@ -208,7 +197,7 @@ def write_outputs(cfg: DictConfig, x: Tensor, nfes: list[int], seconds: float, p
                   entry: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
     """``samples.png`` and ``samples.npz`` in the output folder; the summary :func:`sample_checkpoint` returns."""
     nfe = nfes[0] if len(set(nfes)) == 1 else sum(nfes) / len(nfes)  # NFE per batch (mean when they differ)
-    out = prepare_out_dir(cfg)
+    out = make_output_dir(cfg)
     weights = "diffusers" if str(source_key(cfg)[1]).startswith("diffusers:") else \
         "EMA" if bool_option(cfg, "ema", True) else "raw"
     save_png(x, out / "samples.png", f"{entry['name']}, {cfg.steps} steps, NFE {nfe:g}, {weights} weights, "
@@ -242,7 +231,7 @@ def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         ctx = init_distributed(cfg.get("device"), float_option(cfg, "dist_timeout_s", 1800))
         try:
             if ctx.is_main:
-                prepare_out_dir(cfg)  # a folder that cannot be written fails now, not after the sampling
+                make_output_dir(cfg)  # a folder that cannot be written fails now, not after the sampling
             loaded = load_ckpt(cfg, path, ctx.device)
             model, sde, shape, step, names = loaded.model, loaded.sde, loaded.shape, loaded.step, loaded.class_names
             tick = time.perf_counter()

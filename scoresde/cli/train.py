@@ -34,7 +34,6 @@ Presets: ``scoresde-train train=fashion_mnist`` (``configs/train/``).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from scoresde.cli.common import (
     bool_option,
     float_option,
     int_option,
+    make_output_dir,
     named,
     output_dir,
     plain,
@@ -284,20 +284,6 @@ def build_trainer(cfg: DictConfig, ctx: DistContext | None = None) -> Trainer:
         raise ConfigError(str(e)) from e
 
 
-def run_dir(cfg: DictConfig) -> Path:
-    """The run directory (``out_dir``, else Hydra's ``hydra.run.dir``), created; one that cannot be created or
-    written is a ConfigError naming the key."""
-    out = output_dir(cfg)
-    key = "out_dir" if cfg.get("out_dir") else "hydra.run.dir"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{key}={out}: cannot create the run directory ({e.strerror or e})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={out}: the run directory is not writable")
-    return out
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build the trainer, resume when ``resume=true``, train to ``steps``; returns ``{"step", "loss", ...}``.
     Under torchrun (``WORLD_SIZE > 1``) it joins the process group first and leaves it at the end."""
@@ -307,7 +293,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with torch_threads(cfg.get("threads")):
         ctx = init_distributed(cfg.get("device", "cpu"), float_option(cfg, "dist_timeout_s", 1800))
         say = print if ctx.is_main else (lambda *a, **k: None)
-        lock = RunLock(run_dir(cfg) if ctx.is_main else output_dir(cfg))
+        lock = RunLock(make_output_dir(cfg) if ctx.is_main else output_dir(cfg))
         try:
             if ctx.is_main:  # rank 0 writes the run directory; a second trainer there is refused
                 lock.acquire()
