@@ -117,7 +117,7 @@ def test_an_option_without_plus_reaches_the_solver(app, tmp_path, capsys, monkey
     args = [*base, f"out_dir={tmp_path}", "solver=[euler,dpmpp_2m]", "options.S_churn=0.0",
             "solvers.dpmpp_2m.options.S_churn=0.0"]
     code, err = run_console(main, args, capsys, monkeypatch, tmp_path)
-    assert code == 2 and "solvers.dpmpp_2m.options" in err and "takes no option 'S_churn'" in err  # dpmpp_2m has no S_churn
+    assert code == 2 and "solvers.dpmpp_2m.options" in err and "takes no option 'S_churn'" in err
     code, err = run_console(main, [*base, f"out_dir={tmp_path}", "options.S_churn=0.5"], capsys, monkeypatch,
                             tmp_path)
     assert code == 0, err

@@ -13,15 +13,14 @@ Monte-Carlo estimates are compared within 5 standard errors of their own sample.
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
+from ring_training import ring_sliced_wasserstein
 
 import scoresde as sd
-from scoresde.evaluation import sliced_wasserstein
-from scoresde.models import EMA, MLP, Preconditioned, convert
-from scoresde.training import Trainer, get_loss
+from scoresde.models import MLP, Preconditioned, convert
+from scoresde.training import get_loss
 from scoresde.training.losses import FlowMatchingLoss
 
 C, MEAN, D, N = 0.5, 1.0, 2, 100_000
@@ -151,25 +150,8 @@ def test_velocity_mlp_on_the_ring_is_within_twice_the_exact_sliced_wasserstein()
     x_T. Measured off-line with this setup, seeds 0-2: SW(net)/SW(exact) = 1.19, 1.08, 0.89 at 1000 steps (1.47,
     1.25, 1.07 at 600; 1.01, 0.96, 0.91 at 1500); SW(exact) ≈ 0.12-0.15 is the 2000-sample floor. Training takes
     ~9-17 s on one (shared) core."""
-    tb, sde, seed = sd.get_testbed("ring"), sd.get_sde("flow"), 0
-    torch.manual_seed(seed)
-    data = tb.sample(20000, torch.Generator().manual_seed(seed)).float()
-    model = Preconditioned(MLP(2, hidden=128, depth=2), kind="velocity")
-    tr = Trainer(model, sde, FlowMatchingLoss(), data, batch_size=256, lr=2e-3, warmup_steps=50, total_steps=1000,
-                 ema=EMA(model, decay=0.995), seed=seed, progress=False, log_every=0)
-    start = time.perf_counter()
-    tr.train()
-    assert time.perf_counter() - start < 120
-    tr.ema.copy_to(tr.ema_model)
-    n = 2000
-    x_T = sde.prior_sample((n, 2), torch.Generator().manual_seed(100 + seed))
-    ref = tb.sample(n, torch.Generator().manual_seed(999 + seed)).float()
-    sw, nfe = {}, {}
-    for name, score_model in (("net", tr.ema_model.score_model(sde)), ("exact", tb.model(sde))):
-        with torch.no_grad():
-            x = sd.sample(score_model, "heun", 18, grid="karras", x_T=x_T.clone())
-        nfe[name] = score_model.nfe
-        sw[name] = sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0))
+    sw, nfe, seconds = ring_sliced_wasserstein("flow", "velocity", FlowMatchingLoss(), 1000, seed=0)
+    assert seconds < 120
     assert nfe["net"] == nfe["exact"] == 36
     assert sw["net"] < 2 * sw["exact"], sw
 

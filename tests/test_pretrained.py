@@ -7,8 +7,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from scoresde.cli.common import CONFIG_DIR
-from scoresde.models.loader import load_model, resolve_checkpoint
 from scoresde.cli.train import train
+from scoresde.models.loader import load_model, resolve_checkpoint
 from scoresde.models.pretrained import PRETRAINED, WEIGHTS_DIR, export_pretrained, load_pretrained
 from scoresde.training.checkpoint import load_checkpoint
 
