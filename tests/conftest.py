@@ -1,14 +1,26 @@
 """Shared helpers for the solver tests."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 import scoresde as sd
 
 
 def solver_names() -> list[str]:
     return sorted(sd.SOLVERS)
+
+
+def configured_grid(name: str) -> str:
+    """The grid a solver's config in configs/solver/ runs it on (its registry entry's own grid; uniform if none)."""
+    for path in (Path(__file__).resolve().parents[1] / "configs" / "solver").glob("*.yaml"):
+        for entry in yaml.safe_load(path.read_text()).values():
+            if isinstance(entry, dict) and entry.get("name") == name:
+                return entry.get("grid", "uniform")
+    return "uniform"
 
 
 def deterministic_names() -> list[str]:

@@ -34,7 +34,8 @@ from scoresde.testbeds.labelled import LabelledMixture, labelled_ring
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 STEPS = {"euler_maruyama": 200, "reverse_diffusion": 200, "ancestral": 200, "pc": 100, "torchsde": 200, "ode": 30,
-         "euler": 150, "ddim": 150}  # first-order methods need more steps for an unbiased second moment
+         "euler": 150, "ddim": 150,  # first-order methods need more steps for an unbiased second moment
+         "dpmpp_2m_sde": 200, "dpmpp_3m_sde": 200}  # and the multistep SDE solvers, whose h jumps on a uniform grid
 
 
 def g(seed: int) -> torch.Generator:

@@ -12,7 +12,7 @@ import yaml
 import scoresde as sd
 from scoresde.solvers.base import REVERSE_NOISE, USES
 from scoresde.solvers.sigma_term import SigmaSolver
-from tests.conftest import solver_names
+from tests.conftest import configured_grid, solver_names
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "solver"
 
@@ -49,15 +49,6 @@ def test_a_denoiser_predictor_inside_pc_gets_the_sigma_term(ring):
     assert torch.isfinite(x).all() and sd.get_solver("pc", predictor="heun").uses == "denoiser"
 
 SLOW_SOLVERS = {"torchsde"}  # one Brownian interval per sample: keep their batches small
-
-
-def configured_grid(name: str) -> str:
-    """The grid a solver's config in configs/solver/ runs it on (its registry entry's own grid)."""
-    for path in CONFIGS.glob("*.yaml"):
-        for entry in yaml.safe_load(path.read_text()).values():
-            if entry["name"] == name:
-                return entry.get("grid", "uniform")
-    return "uniform"
 
 
 def _gaussian_stats(name: str, steps: int, n: int = 4000):
