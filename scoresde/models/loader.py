@@ -49,7 +49,7 @@ from scoresde.models.score_model import ScoreModel
 from scoresde.sde import SDE, get_sde
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-PRETRAINED = {"fashion_mnist": "fashion_mnist.pt"}
+PRETRAINED = {"fashion_mnist": "fashion_mnist.pt", "fashion_mnist_flow": "fashion_mnist_flow.pt"}
 FORMAT = "scoresde-pretrained"
 DIFFUSERS_PREFIX = "diffusers:"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
