@@ -22,7 +22,6 @@ denoiser ``D(x̂; σ) = model.denoiser(x̂, σ)`` and x̂_T = x_T / s(T).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +32,9 @@ from torch import Tensor
 
 from scoresde.bench.planning import SweepSettings
 from scoresde.bench.problems import Problem, noise_seed
-from scoresde.bench.sweep import References, chunks, score_samples, start_noise, sync
+from scoresde.bench.sweep import References, chunks, score_samples, start_noise
 from scoresde.bench.targets import Targets
+from scoresde.bench.timing import Stopwatch
 
 # method: (scheduler class, its options, stochastic, order)
 DIFFUSERS: dict[str, tuple[str, dict[str, Any], bool, float]] = {
@@ -169,11 +169,9 @@ class PeerRun:
             for i, part in enumerate(chunks(seeds, size)):
                 x_T = x_all[i * size:(i + 1) * size]
                 problem.model.reset_nfe()
-                sync(problem.device)
-                tick = time.perf_counter()
-                outs.append(sampler(x_T, part))
-                sync(problem.device)
-                seconds += time.perf_counter() - tick
+                with Stopwatch(problem.device) as watch:  # the same timer as scoresde's runs
+                    outs.append(sampler(x_T, part))
+                seconds += watch.seconds
                 nfes.append(problem.model.nfe)
         return torch.cat(outs), max(nfes), seconds
 

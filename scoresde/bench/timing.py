@@ -82,6 +82,12 @@ class Conditions:
         """JSON-ready fields plus the ``loaded`` flag."""
         return {**asdict(self), "loaded": self.loaded}
 
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> Conditions:
+        """The inverse of :meth:`to_dict` (``loaded`` is derived, so it is dropped)."""
+        return cls(**{k: tuple(v) if k.startswith("load_") and v is not None else v
+                      for k, v in fields.items() if k != "loaded"})
+
 
 def pin_conditions(threads: int | None = None, device: torch.device | str = "cpu",
                    flush_denormal: bool = True) -> Conditions:

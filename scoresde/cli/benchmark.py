@@ -42,6 +42,7 @@ from scoresde.bench import (
 from scoresde.bench.planning import NOISE_MODES, Entry
 from scoresde.bench.problems import Problem, dataset_sampler, network_problem, reference_data, testbed_problem
 from scoresde.bench.targets import METRICS
+from scoresde.bench.timing import Conditions
 from scoresde.cli.common import (
     CONFIG_DIR,
     app_main,
@@ -375,6 +376,9 @@ def _run(cfg: DictConfig, ctx: DistContext, settings: SweepSettings, entries: li
     (out / "bench.json").write_text(dumps(payload))
     (out / "bench.md").write_text(table)
     print(table)
+    for r in results:  # the conditions every problem's timings were measured under (scoresde.bench.timing)
+        if r.get("timing"):
+            print(f"timing of {r['problem']} under {r['sde']}: {Conditions.from_dict(r['timing']).describe()}")
     print(f"{info['seconds']:.1f} s; wrote {out / 'bench.json'}, {out / 'bench.md'} and {', '.join(figures)}")
     return payload
 
