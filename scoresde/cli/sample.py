@@ -194,12 +194,15 @@ def draw_batches(cfg: DictConfig, ctx: DistContext, model: Preconditioned, sde: 
 
 
 def write_outputs(cfg: DictConfig, x: Tensor, nfes: list[int], seconds: float, path: Path, step: int,
-                  entry: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
-    """``samples.png`` and ``samples.npz`` in the output folder; the summary :func:`sample_checkpoint` returns."""
+                  entry: dict[str, Any], ctx: DistContext, weights: str | None = None) -> dict[str, Any]:
+    """``samples.png`` and ``samples.npz`` in the output folder; the summary :func:`sample_checkpoint` returns.
+    ``weights``: which weights the model holds ("EMA" or "raw"; None: as ``ema`` asked)."""
     nfe = nfes[0] if len(set(nfes)) == 1 else sum(nfes) / len(nfes)  # NFE per batch (mean when they differ)
     out = make_output_dir(cfg)
-    weights = "diffusers" if str(source_key(cfg)[1]).startswith("diffusers:") else \
-        "EMA" if bool_option(cfg, "ema", True) else "raw"
+    if str(source_key(cfg)[1]).startswith("diffusers:"):
+        weights = "diffusers"
+    elif weights is None:
+        weights = "EMA" if bool_option(cfg, "ema", True) else "raw"
     save_png(x, out / "samples.png", f"{entry['name']}, {cfg.steps} steps, NFE {nfe:g}, {weights} weights, "
              f"step {step}", cfg.get("nrow"))
     np.savez(out / "samples.npz", samples=x.numpy(), nfe=nfe, nfe_per_batch=np.array(nfes), seconds=seconds,
@@ -244,7 +247,8 @@ def sample_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if parts is None:
         return {"checkpoint": str(path), "rank": ctx.rank, "world_size": ctx.world_size}
     x, nfes = cat_results([p[0] for p in parts]), [int(p[1]) for p in parts]
-    return write_outputs(cfg, x, nfes, seconds, path, step, entry, ctx)
+    weights = {"ema": "EMA", "raw": "raw"}.get(str(loaded.provenance.get("weights")))  # what the file holds
+    return write_outputs(cfg, x, nfes, seconds, path, step, entry, ctx, weights)
 
 
 main = app_main("sample", sample_checkpoint, "sample", option_keys=("options",))
