@@ -190,26 +190,25 @@ def reference_options(cfg: DictConfig) -> dict[str, Any]:
     return ref
 
 
-def make_sde(node: Any, key: str = "sde") -> scoresde.SDE:
-    """An SDE from its config mapping; a wrong parameter is a ConfigError naming ``key``."""
-    spec = named(node, key) if key == "sde" else node
+def built(build: Any, spec: dict[str, Any], key: str) -> Any:
+    """``build(**spec)``: an unknown name is an UnknownNameError naming ``<key>.name``, a wrong parameter a
+    ConfigError naming ``key``."""
     try:
-        return scoresde.get_sde(**spec)
+        return build(**spec)
     except UnknownNameError as err:
         raise UnknownNameError(f"{key}.name: {err}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{key}: {err}") from None
 
 
+def make_sde(node: Any, key: str = "sde") -> scoresde.SDE:
+    """An SDE from its config mapping (:func:`built`)."""
+    return built(scoresde.get_sde, named(node, key) if key == "sde" else node, key)
+
+
 def make_testbed(node: Any) -> scoresde.GaussianMixture:
-    """The testbed of the ``testbed`` config; a wrong parameter is a ConfigError naming the key."""
-    spec = named(node, "testbed")
-    try:
-        return scoresde.get_testbed(**spec)
-    except UnknownNameError as err:
-        raise UnknownNameError(f"testbed.name: {err}") from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"testbed: {err}") from None
+    """The testbed of the ``testbed`` config (:func:`built`)."""
+    return built(scoresde.get_testbed, named(node, "testbed"), "testbed")
 
 
 def sde_list(cfg: DictConfig) -> list[scoresde.SDE]:
