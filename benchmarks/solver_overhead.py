@@ -79,6 +79,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -99,6 +100,7 @@ from scoresde.bench.timing import (
     Summary,
     compare,
     pin_conditions,
+    pool,
     too_noisy,
     write_between_markers,
 )
@@ -388,7 +390,9 @@ def markdown(runs: list[dict[str, Any]]) -> str:
             + (f", diffusers {info['diffusers']}" if info.get("diffusers") else ", diffusers n/a")
             + (", glibc keeps freed memory (--keep-memory)" if info.get("malloc_keep_memory") else "") + "\n"
             f"Batch {config['batch']}×3×32×32 float32, VP SDE, {config['steps']} steps (uniform grid), model "
-            f"eps = 0.5·x; {config['repeats']} interleaved rounds after {config['warmup']} warm-up, "
+            f"eps = 0.5·x; {config['repeats']} interleaved rounds after {config['warmup']} warm-up"
+            + (f" in each of {config['processes']} fresh processes, rounds pooled"
+               if config.get("processes", 1) > 1 else "") + ", "
             f"{len(runs)} separate run(s).\n\n")
     for i, run in enumerate(runs, 1):
         head += f"- Run {i} ({run['machine'].get('date', '?')}): {describe(run['conditions'])}\n"
@@ -453,6 +457,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-memory", action="store_true",
                    help="glibc: keep freed memory (no page faults on new temporaries; steadier CPU timings)")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers even if importable")
+    p.add_argument("--processes", type=int, default=3,
+                   help="fresh Python processes run one after another, their rounds pooled (default 3; 1: this "
+                        "process only). Process-to-process differences are part of the reported spread")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--agree", type=Path, nargs="+", default=None, metavar="JSON",
                    help="measure nothing: print what the --out files of separate runs agree on")
@@ -487,12 +494,59 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"machine": info, "config": config, "conditions": conditions.to_dict(), "results": rows}
 
 
+def worker_argv(args: argparse.Namespace, out: Path) -> list[str]:
+    """The command line of one measuring process: the same settings, ``--processes 1``, results to ``out``."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--steps", str(args.steps),
+            "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+            "--methods", *args.methods, "--processes", "1", "--out", str(out)]
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
+    argv += ["--keep-memory"] * args.keep_memory + ["--no-diffusers"] * args.no_diffusers
+    return argv
+
+
+def measure_in_processes(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Run :func:`measure` in ``args.processes`` fresh processes one after another and pool their rounds
+    (:func:`scoresde.bench.timing.pool`); the JSON payload keeps each process's medians under
+    ``process_medians``."""
+    import subprocess
+    import tempfile
+
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = Path(tmp) / f"process{i}.json"
+            done = subprocess.run(worker_argv(args, out), stdout=subprocess.DEVNULL, check=False)
+            if done.returncode != 0:
+                return None
+            parts.append(json.loads(out.read_text()))
+            print(f"# process {i + 1}/{args.processes}: done", file=sys.stderr)
+    conds = [Conditions.from_dict(part["conditions"]) for part in parts]
+    rows = []
+    for m, row in enumerate(parts[0]["results"]):
+        per_process = [Comparison(part["results"][m]["runs_s"], [], c) for part, c in zip(parts, conds)]
+        pooled = pool(per_process)
+        faults = {k: statistics.mean(part["results"][m]["minor_faults_per_step"][k] for part in parts)
+                  for k in row["minor_faults_per_step"]}
+        rows.append({**row, "runs_s": pooled.times, "minor_faults_per_step": faults,
+                     "bare_max_abs_diff": max(part["results"][m]["bare_max_abs_diff"] for part in parts),
+                     "figures": {k: asdict(v) for k, v in figures(pooled, args.steps).items()},
+                     "process_medians": {k: [figures(c, args.steps)[k].median for c in per_process]
+                                         for k in TARGETS if k in row["figures"]}})
+    conditions = pooled.conditions
+    config = {**parts[0]["config"], "processes": args.processes}
+    return {"machine": parts[0]["machine"], "config": config, "conditions": conditions.to_dict(), "results": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.processes < 1:
+        print(f"--processes must be ≥ 1, got {args.processes}", file=sys.stderr)
+        return 2
     if args.agree:
         runs = [json.loads(path.read_text()) for path in args.agree]
     else:
-        run = measure(args)
+        run = measure(args) if args.processes == 1 else measure_in_processes(args)
         if run is None:
             return 2
         runs = [run]

@@ -15,7 +15,7 @@ from scoresde.models.pretrained import PRETRAINED, WEIGHTS_DIR
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "solver_overhead.py": ["--steps", "3", "--batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
-                           "--methods", "ddim", "heun"],
+                           "--methods", "ddim", "heun", "--processes", "2"],  # pools two fresh processes
     "train_throughput.py": ["--steps", "1", "--repeats", "2", "--batch", "2", "--warmup", "1", "--threads", "1",
                            "--device", "cpu"],
 }
@@ -82,7 +82,7 @@ def test_overhead_runs_are_agreed_on_and_a_noisy_table_is_not_written(tmp_path, 
     for i in range(2):
         runs.append(tmp_path / f"run{i}.json")
         assert script.main(["--steps", "2", "--batch", "2", "--repeats", "5", "--warmup", "1", "--methods", "ddim",
-                            "--no-diffusers", "--out", str(runs[-1])]) == 0
+                            "--no-diffusers", "--processes", "1", "--out", str(runs[-1])]) == 0
     out = capsys.readouterr().out
     assert "load average (1/5/15 min) before" in out and "flush-denormal" in out
     readme = tmp_path / "README.md"

@@ -7,7 +7,17 @@ import time
 import pytest
 import torch
 
-from scoresde.bench.timing import Agreement, Comparison, Conditions, Ratio, Stopwatch, Summary, compare, pin_conditions
+from scoresde.bench.timing import (
+    Agreement,
+    Comparison,
+    Conditions,
+    Ratio,
+    Stopwatch,
+    Summary,
+    compare,
+    pin_conditions,
+    pool,
+)
 
 
 def recorder(calls: list[str], name: str, pause: float = 0.0):
@@ -148,3 +158,21 @@ def test_separate_runs_agree_on_overlapping_values_and_on_shared_verdicts():
     assert Agreement((a, b, c)).verdict(1.0) == "yes"            # all three resolve "below 1" though values differ
     assert Agreement((a, Summary(1.1, 0.9, 1.2, 9))).verdict(1.0) == "not resolved"
     assert Agreement((a, Summary(1.1, 1.05, 1.2, 9))).verdict(1.0) == "not resolved"  # opposite verdicts
+
+
+def test_pooled_processes_keep_pairs_and_widen_to_the_process_spread():
+    """Rounds of separate processes pool into one comparison whose paired ratios are the union of each
+    process's pairs, so a process-level offset (A is 1.0× B in one process, 1.2× in another) shows in the IQR
+    instead of two disjoint narrow ones."""
+    cond = lambda before, after: Conditions(1, None, "cpu", 2, before, after)  # noqa: E731
+    one = Comparison({"A": [1.0] * 4, "B": [1.0] * 4}, ["A", "B"] * 4, cond((0.1,) * 3, (0.2,) * 3))
+    two = Comparison({"A": [2.4] * 4, "B": [2.0] * 4}, ["B", "A"] * 4, cond((0.3,) * 3, (0.4,) * 3))
+    pooled = pool([one, two])
+    assert pooled.times["A"] == [1.0] * 4 + [2.4] * 4 and len(pooled.order) == 16
+    ratio = pooled.ratio("A", "B").summary
+    assert ratio.median == pytest.approx(1.1) and ratio.q25 == pytest.approx(1.0) and ratio.q75 == pytest.approx(1.2)
+    assert pooled.conditions.load_before == (0.1,) * 3 and pooled.conditions.load_after == (0.4,) * 3
+    with pytest.raises(ValueError, match="same implementations"):
+        pool([one, Comparison({"A": [1.0]}, ["A"], cond(None, None))])
+    with pytest.raises(ValueError, match="nothing to pool"):
+        pool([])

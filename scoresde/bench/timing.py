@@ -14,6 +14,12 @@ One helper for every wall-clock number the project quotes (``benchmarks/solver_o
   *paired* ratio — the ratio of the two implementations' times in the same round, not the ratio of their medians —
   and :meth:`Ratio.verdict` calls a ratio "not resolved" when its IQR straddles 1 (or the target it is held
   against) instead of answering yes or no;
+* :func:`pool` joins the rounds of several comparisons of the same implementations made in separate, fresh
+  processes. A process fixes things no round inside it can vary — where the allocator places the tensors, which
+  pages are already mapped, how the code is laid out — and those move a CPU timing by several percent from one
+  invocation to the next while rounds inside one process agree to a fraction of that. Quantiles of the pooled
+  rounds (pairs stay within their round) include that process-to-process spread, so separate invocations of a
+  script that pools three processes agree where single-process runs report narrow, disjoint IQRs;
 * :meth:`Comparison.too_noisy` names every figure whose IQR/median is above a stated threshold
   (:data:`MAX_SPREAD`); the scripts print their table anyway but refuse to write it into README/RESULTS.
 
@@ -274,6 +280,24 @@ class Comparison:
         """JSON-ready: conditions, per-implementation seconds and their summaries."""
         return {"conditions": self.conditions.to_dict(), "runs_s": self.times,
                 "summary_s": {k: asdict(self.summary(k)) for k in self.times}}
+
+
+def pool(comparisons: Sequence[Comparison]) -> Comparison:
+    """One comparison of the rounds of ``comparisons`` (the same implementations, timed in separate processes):
+    every implementation's times concatenated in order, so round i of the pooled result is round i of one
+    process for every implementation and paired ratios stay paired. Conditions: the first's threads and load
+    before, the last's load after."""
+    if not comparisons:
+        raise ValueError("nothing to pool")
+    names = list(comparisons[0].times)
+    if any(list(c.times) != names for c in comparisons):
+        raise ValueError(f"pooled comparisons must time the same implementations, got "
+                         f"{[list(c.times) for c in comparisons]}")
+    first, last = comparisons[0].conditions, comparisons[-1].conditions
+    conditions = Conditions(first.threads, first.flush_denormal, first.device, first.cores, first.load_before,
+                            last.load_after)
+    return Comparison({n: [t for c in comparisons for t in c.times[n]] for n in names},
+                      [o for c in comparisons for o in c.order], conditions)
 
 
 def compare(impls: Mapping[str, Callable[..., Any]], inputs: Sequence[Any] = (), *, repeats: int = 21,
