@@ -70,7 +70,7 @@ def peer_comparison(result: dict[str, Any], metric: str) -> list[dict[str, Any]]
     resolves deterministic solvers far more finely than a distance between sample sets): scoresde's best run
     against the best peer run, quality and time as ratios."""
     out = []
-    budgets = sorted({r["budget"] for r in result["rows"] if r["source"] != "scoresde"})
+    budgets = sorted({r["budget"] for r in result["rows"] if r["source"] != "scoresde" and r["budget"] is not None})
     pairs = [(b, m) for b in budgets for m in dict.fromkeys((metric, "rmse"))]
     for b, m in pairs:
         mine = best([r for r in result["rows"] if r["source"] == "scoresde" and r["budget"] == b], m)
