@@ -30,7 +30,9 @@ NEEDS_MODEL = [pytest.mark.skipif(not (WEIGHTS_DIR / PRETRAINED["fashion_mnist"]
 
 def test_every_script_has_a_tiny_setting():
     assert sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")) == sorted([*TINY, "make_gallery.py",
-                                                                                 "model_quality.py"])
+                                                                                 "model_quality.py",
+                                                                                 "train_diffusers_unet.py"])
+    # train_diffusers_unet.py: its tiny setting is tests/test_train_diffusers_unet.py
 
 
 @NEEDS_MODEL[0]
