@@ -7,7 +7,7 @@ Reading a config into these objects is the job of the benchmark app (``scoresde-
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import scoresde
 from scoresde.distributed import DistContext
 
 NOISE_MODES = ("generator", "per_sample")
+OPTIMIZED = "optimized"  # the grid searched per solver and budget inside the sweep (scoresde.bench.grid_search)
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,9 @@ class SweepSettings:
 
     Attributes:
         budgets: NFE budgets; each becomes the step count whose declared NFE is closest.
-        grids: time grids every solver entry runs on (None: each entry's own grid).
+        grids: time grids every solver entry runs on (None: each entry's own grid); ``optimized`` is the grid
+            :func:`scoresde.solvers.optimize_grid` finds for each deterministic entry and budget on a calibration
+            batch (:mod:`scoresde.bench.grid_search`).
         n_samples: samples per run; they use seeds ``seed, seed + 1, …``.
         batch_size: samples per ``sample`` call (None: all at once); results do not depend on it.
         reference: options of the reference ODE (float64 ``scoresde.sample(..., "ode")``).
@@ -39,6 +42,8 @@ class SweepSettings:
             list and one noise generator per run, from :func:`stream_seeds`: ~10× faster for stochastic solvers on
             small batches, one process only).
         floor_draws: exact sample sets each metric's floor averages over.
+        grid_search_budget: the ``optimized`` grid's search cost bound in units of the run's NFE.
+        grid_search_batch: samples in the ``optimized`` grid's calibration batch (seeds after the sweep's own).
     """
 
     budgets: tuple[int, ...] = (10, 20, 50)
@@ -56,6 +61,8 @@ class SweepSettings:
     dist: DistContext | None = None  # under torchrun: shard every run's seed batches across the ranks
     noise: str = "per_sample"
     floor_draws: int = 4
+    grid_search_budget: float = 200.0
+    grid_search_batch: int = 64
 
     def __post_init__(self) -> None:
         if self.n_samples < 2:
@@ -69,14 +76,26 @@ class SweepSettings:
         if self.floor_draws < 2:
             raise ValueError(f"floor_draws must be >= 2 (the floors report a spread), got {self.floor_draws}")
         if self.grids is not None:
-            bad = [g for g in self.grids if g not in scoresde.GRIDS]
+            bad = [g for g in self.grids if g not in (*scoresde.GRIDS, OPTIMIZED)]
             if bad or not self.grids:
-                raise ValueError(f"unknown grids {bad or self.grids!r}; known: {', '.join(scoresde.GRIDS)}")
+                raise ValueError(f"unknown grids {bad or self.grids!r}; known: {', '.join(scoresde.GRIDS)}, "
+                                 f"{OPTIMIZED}")
+        if not (self.grid_search_budget > 0 and np.isfinite(self.grid_search_budget)):
+            raise ValueError(f"grid_search_budget must be a positive number, got {self.grid_search_budget}")
+        if self.grid_search_batch < 1:
+            raise ValueError(f"grid_search_batch must be a positive integer, got {self.grid_search_batch}")
 
     @property
     def seeds(self) -> list[int]:
         """The per-sample seeds of every run."""
         return list(range(self.seed, self.seed + self.n_samples))
+
+    @property
+    def calibration_seeds(self) -> list[int]:
+        """The per-sample seeds of the ``optimized`` grid's calibration batch: the ``grid_search_batch`` seeds
+        after :attr:`seeds`, so the runs are evaluated on samples the search never saw."""
+        start = self.seed + self.n_samples
+        return list(range(start, start + self.grid_search_batch))
 
 
 @dataclass(frozen=True)
@@ -102,10 +121,20 @@ class Run:
     grid: scoresde.TimeGrid
     budget: int | None
     tol: float | None
+    target: tuple[float, bool] | None = None  # the reference's end, where it is not the grid's (optimized grids)
+    search: dict[str, Any] | None = None  # an optimized grid's search record (scoresde.bench.grid_search)
+
+    @property
+    def optimized(self) -> bool:
+        return self.entry.grid == OPTIMIZED
 
     @property
     def end(self) -> tuple[float, bool]:
-        """(last positive time of the grid, whether it ends with the step to the data): the reference's end."""
+        """(last positive time of the grid, whether it ends with the step to the data): the reference's end. An
+        optimized grid, which may stop the ODE early, is measured against the ODE its search fitted: to the end
+        of the named grids at the same budget."""
+        if self.target is not None:
+            return self.target
         g = self.grid
         t_end, T = (g.t_list[-2] if g.ends_at_data else g.t_list[-1]), g.t_list[0]
         return round(t_end / T, 12) * T, g.ends_at_data  # grids reach t_min up to round-off relative to T
@@ -130,8 +159,28 @@ def steps_for_budget(solver: scoresde.Solver, sde: scoresde.SDE, kind: str, budg
     return best, grid(best)
 
 
+def check_optimizable(entry: Entry, solver: scoresde.Solver, sde: scoresde.SDE | None = None) -> None:
+    """The ``optimized`` grid is searched for deterministic solvers that step on the grid: a one-line ValueError
+    naming the entry otherwise (stochastic solvers are refused: the search's objective would be noisy)."""
+    probe = scoresde.make_grid(sde or scoresde.VPSDE(), 4)
+    why = ("has tolerances (an adaptive run)" if entry.tolerances is not None
+           else "chooses its own steps (adaptive)" if solver.declared_nfe(probe) is None
+           else "is stochastic" if solver.stochastic else None)
+    if why is not None:
+        raise ValueError(f"the {OPTIMIZED} grid is searched for deterministic fixed-grid solvers; solvers entry "
+                         f"{entry.label!r} ({entry.name}) {why}: choose such solvers (e.g. unipc, dpmpp_3m, ipndm) "
+                         f"with solver=[...] or drop {OPTIMIZED} from the grids")
+
+
 def plan_runs(entry: Entry, sde: scoresde.SDE, settings: SweepSettings) -> list[Run]:
-    """Build the entry's solver(s) (raising the registry's errors at once) and one run per budget or tolerance."""
+    """Build the entry's solver(s) (raising the registry's errors at once) and one run per budget or tolerance.
+
+    An ``optimized`` entry is planned on the Karras grid at each budget (its step count and declared NFE, which
+    the search keeps); :class:`scoresde.bench.grid_search.GridSearches` replaces that grid by the one it finds."""
+    if entry.grid == OPTIMIZED:
+        check_optimizable(entry, scoresde.get_solver(entry.name, **entry.options), sde)
+        named = plan_runs(replace(entry, grid="karras"), sde, settings)
+        return [replace(run, entry=entry, target=run.end) for run in named]
     if entry.tolerances is not None:
         runs = []
         steps = 1 + int(settings.denoise)

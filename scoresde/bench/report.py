@@ -112,6 +112,29 @@ def runs_table(result: dict[str, Any]) -> list[str]:
     return _table(["solver", "steps", "NFE", "time [s]", "samples/s", "RMSE", "SW2", "MMD²", "NLL", "FD"], lines)
 
 
+def searches_table(result: dict[str, Any]) -> list[str]:
+    """The optimized grids of one problem (rows with a ``grid_search`` record): the named grid each search started
+    from, calibration and held-out RMSE, the search's cost (apart from the run's NFE and time) and the σ's found."""
+    lines = []
+    for r in result["rows"]:
+        s = r.get("grid_search")
+        if not s:
+            continue
+        sigmas = ", ".join(f"{v:.3g}" for v in s["found"]["sigma"])
+        lines.append([series_name(r), str(r["nfe"]), s["start"], f"{s['start_calib_rmse']:.2e}",
+                      f"{s['calib_rmse']:.2e}", _fmt(s["heldout_rmse"], ".2e"),
+                      f"{s['search_nfe']}" + (" (reused)" if s["reused"] else ""), f"{s['search_s']:.1f}", sigmas])
+    if not lines:
+        return []
+    calib = result.get("calibration") or {}
+    ref = ", ".join(f"NFE {i['nfe']}, {i['time_s']:.2f} s" for i in calib.get("reference", []))
+    return (["", f"Optimized grids (calibration batch of {calib.get('batch')} samples, seeds {calib.get('seeds')}, "
+             f"disjoint from the runs'; search budget {calib.get('budget'):g}× the NFE; calibration reference: "
+             f"{ref}; none of it counted in the runs' NFE or time):", ""]
+            + _table(["solver", "NFE", "started from", "start calib RMSE", "calib RMSE", "held-out RMSE",
+                      "search NFE", "search [s]", "σ's"], lines))
+
+
 def markdown(results: list[dict[str, Any]], metric: str = "auto", notes: Iterable[str] = ()) -> str:
     """All tables of a sweep: runs, fitted orders, and scoresde against the best peer, per problem."""
     text = []
@@ -120,6 +143,7 @@ def markdown(results: list[dict[str, Any]], metric: str = "auto", notes: Iterabl
         for info in res["reference"]:
             text.append(f"Reference: ode {info['method']} rtol={info['rtol']:.0e} float64 to t={info['t_end']:.3g} "
                         f"(NFE {info['nfe']}, {info['time_s']:.2f} s).")
+        text += searches_table(res)
         fits = orders(res["rows"])
         if fits:
             text += ["", "Convergence order (fit of log RMSE against log NFE):", ""]

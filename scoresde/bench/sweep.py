@@ -11,6 +11,10 @@ stream, which is the same Brownian path only on the same grid.
 Budgets become step counts (:mod:`scoresde.bench.planning`) and the RMSE reference is the float64 dopri5
 probability-flow ODE from the same x_T (Song et al. 2021, eq. 13).
 
+The grid ``optimized`` is searched per solver and budget before the run (:mod:`scoresde.bench.optimized`), on a
+calibration batch of other seeds, so the run's RMSE is a held-out error; the search's cost is reported in the
+row's ``grid_search``, not in its NFE or time.
+
 Wall-clock columns: each run's ``sample`` calls are timed by :class:`scoresde.bench.timing.Stopwatch`
 (``torch.cuda.synchronize()`` and CUDA events on a GPU, ``perf_counter`` on CPU), once per run — a sweep's
 ``time_s`` is a single measurement, not an interleaved median: read it as a rough cost, and compare speeds with
@@ -27,6 +31,7 @@ import torch
 from torch import Tensor
 
 import scoresde
+from scoresde.bench.optimized import GridSearches, record
 from scoresde.bench.planning import Entry, Run, SweepSettings, plan_runs, reference_solution, stream_seeds
 from scoresde.bench.problems import Problem, noise_seed
 from scoresde.bench.targets import Targets, build_targets, error_to, quality
@@ -55,11 +60,18 @@ def start_noise(problem: Problem, seeds: Sequence[int], settings: SweepSettings)
 def _draw_batch(problem: Problem, run: Run, x_T: Tensor, noise: dict[str, Any], settings: SweepSettings
                 ) -> tuple[Tensor, int, float]:
     """(samples from ``x_T``, measured NFE, CUDA-synchronised seconds of the ``sample`` call)."""
+    check_resolved(run)
     problem.model.reset_nfe()
     with Stopwatch(problem.device) as watch:
-        x = scoresde.sample(problem.model, run.entry.name, run.steps, x_T=x_T, grid=run.entry.grid,
+        x = scoresde.sample(problem.model, run.entry.name, run.steps, x_T=x_T, grid=run.grid,
                             rho=settings.rho, denoise=settings.denoise, **noise, **run.options)
     return x, problem.model.nfe, watch.seconds
+
+
+def check_resolved(run: Run) -> None:
+    """An ``optimized`` run samples on the grid its search found (:class:`GridSearches`), never the plan's."""
+    if run.optimized and run.search is None:
+        raise RuntimeError(f"{run.entry.label}: the optimized grid is not searched yet (GridSearches.resolve)")
 
 
 def _per_sample(problem: Problem, run: Run, part: list[int], settings: SweepSettings) -> tuple[Tensor, int, float]:
@@ -118,8 +130,9 @@ def time_runs(problem: Problem, runs: dict[str, Any], settings: SweepSettings, *
                 noise: dict[str, Any] = {"noise": PerSampleNoise([noise_seed(s) for s in seeds], problem.device)}
             else:
                 noise = {"seed": None, "generator": torch.Generator().manual_seed(stream_seeds(settings.seed)["noise"])}
-            return scoresde.sample(problem.model, run.entry.name, run.steps, x_T=x_T, grid=run.entry.grid,
+            return scoresde.sample(problem.model, run.entry.name, run.steps, x_T=x_T, grid=run.grid,
                                    rho=settings.rho, denoise=settings.denoise, **noise, **run.options)
+        check_resolved(run)
         return sample
 
     def peer(run: Any) -> Callable[[Tensor], Tensor]:
@@ -148,7 +161,7 @@ def run_row(problem: Problem, run: Run) -> dict[str, Any]:
             "tol": run.tol, "steps": run.steps, "declared_nfe": run.solver.declared_nfe(run.grid),
             "stochastic": bool(run.solver.stochastic), "order": float(run.solver.order),
             "nfe": None, "time_s": None, "samples_per_s": None, "rmse": None, "error": None,
-            "sw": None, "mmd": None, "nll": None, "fd": None}
+            "sw": None, "mmd": None, "nll": None, "fd": None, "grid_search": None}
 
 
 def score_samples(row: dict[str, Any], x: Tensor, nfe: int, seconds: float, problem: Problem, targets: Targets,
@@ -187,16 +200,33 @@ class References:
 
 
 def measure_run(problem: Problem, run: Run, targets: Targets, refs: References,
-                settings: SweepSettings) -> dict[str, Any]:
-    """Draw the run's samples for the sweep's seeds and score them; a diverging run is recorded, not raised."""
+                settings: SweepSettings, searches: GridSearches | None = None) -> dict[str, Any]:
+    """Draw the run's samples for the sweep's seeds and score them; a diverging run is recorded, not raised. An
+    ``optimized`` run first gets its grid from ``searches`` (the search's cost stays out of the run's NFE and
+    time; its record, with the held-out RMSE, goes to the row's ``grid_search``)."""
     row = run_row(problem, run)
     try:
+        if run.optimized:
+            run = (searches or GridSearches(problem, settings)).resolve(run)
+            row = run_row(problem, run)
         x, nfe, seconds = draw(problem, run, settings.seeds, settings)
     except (FloatingPointError, ValueError) as err:  # e.g. NaN at a step, or a grid the solver refuses
         row["error"] = f"{type(err).__name__}: {err}"
         return row
     reference = refs.get(run.end) if not run.solver.stochastic and "rmse" in targets.metrics else None
-    return score_samples(row, x, nfe, seconds, problem, targets, reference)
+    row = score_samples(row, x, nfe, seconds, problem, targets, reference)
+    if run.search is not None:
+        row["grid_search"] = record(run.search, row["rmse"])
+    return row
+
+
+def calibration(searches: GridSearches, settings: SweepSettings) -> dict[str, Any] | None:
+    """The optimized grids' calibration batch (seeds, reference solutions and their cost), None without one."""
+    if not searches.references:
+        return None
+    seeds = settings.calibration_seeds
+    return {"seeds": [seeds[0], seeds[-1]], "batch": len(seeds), "budget": settings.grid_search_budget,
+            "searches": len(searches.searches), "reference": [info for _, info in searches.references.values()]}
 
 
 def sweep_problem(problem: Problem, entries: list[Entry], settings: SweepSettings,
@@ -209,12 +239,13 @@ def sweep_problem(problem: Problem, entries: list[Entry], settings: SweepSetting
     targets = build_targets(problem, settings.metrics, settings.n_data, len(settings.seeds), settings.seed,
                             settings.n_projections, settings.floor_draws)
     refs = References(problem, settings, targets)
+    searches = GridSearches(problem, settings)
     rows = []
     bar = tqdm(total=len(runs) + len(peers), desc=f"scoresde-bench {problem.name}/{problem.sde.name}",
                disable=not settings.progress)
     for run in runs:
         bar.set_postfix_str(f"{run.entry.label}@{run.entry.grid} steps={run.steps}")
-        rows.append(measure_run(problem, run, targets, refs, settings))
+        rows.append(measure_run(problem, run, targets, refs, settings, searches))
         bar.update(1)
     for peer in peers:
         bar.set_postfix_str(f"{peer.source}:{peer.method} steps={peer.steps}")
@@ -225,4 +256,5 @@ def sweep_problem(problem: Problem, entries: list[Entry], settings: SweepSetting
     return {"problem": problem.name, "sde": problem.sde.name, "exact": problem.exact, "device": str(problem.device),
             "noise": settings.noise, "n_samples": len(settings.seeds), "seeds": stream_seeds(settings.seed),
             "floors": targets.floors, "floors_std": targets.floors_std, "metrics": list(targets.metrics),
-            "reference": refs.info, "timing": conditions.to_dict(), "rows": rows}
+            "reference": refs.info, "timing": conditions.to_dict(), "rows": rows,
+            "calibration": calibration(searches, settings)}

@@ -39,7 +39,7 @@ from scoresde.bench import (
     plot_result,
     sweep_problem,
 )
-from scoresde.bench.planning import NOISE_MODES, Entry
+from scoresde.bench.planning import NOISE_MODES, OPTIMIZED, Entry, check_optimizable
 from scoresde.bench.problems import Problem, dataset_sampler, network_problem, reference_data, testbed_problem
 from scoresde.bench.targets import METRICS
 from scoresde.bench.timing import Conditions
@@ -98,6 +98,8 @@ def check_entry(entry: Entry, key: str) -> None:
         build_solver(entry.name, entry.options, f"{key}.options")
     except UnknownNameError as err:
         raise UnknownNameError(f"{key}.name: {err}") from None
+    if entry.grid == OPTIMIZED:
+        return
     try:
         scoresde.make_grid(scoresde.VPSDE(), 2, entry.grid)
     except UnknownNameError as err:
@@ -150,9 +152,9 @@ def settings_from(cfg: DictConfig) -> SweepSettings:
     """The sweep's knobs from the config, validated; every error names its key."""
     grids = plain(cfg.get("grids"))
     if grids is not None and (not isinstance(grids, list) or not grids
-                              or any(not isinstance(g, str) or g not in scoresde.GRIDS for g in grids)):
-        raise UnknownNameError(f"grids must be a non-empty list of known grids ({', '.join(scoresde.GRIDS)}) or "
-                               f"null, got grids={grids!r}")
+                              or any(not isinstance(g, str) or g not in (*scoresde.GRIDS, OPTIMIZED) for g in grids)):
+        raise UnknownNameError(f"grids must be a non-empty list of known grids ({', '.join(scoresde.GRIDS)}, "
+                               f"{OPTIMIZED}) or null, got grids={grids!r}")
     metrics = plain(cfg.get("metrics"))
     if not isinstance(metrics, list) or not metrics or any(m not in METRICS for m in metrics):
         raise UnknownNameError(f"metrics must be a non-empty list of {', '.join(METRICS)}, got metrics={metrics!r}")
@@ -172,7 +174,9 @@ def settings_from(cfg: DictConfig) -> SweepSettings:
         rho=float_option(cfg, "rho", 7.0, minimum=0.0, open_below=True), n_data=int_option(cfg, "n_data", minimum=1),
         n_projections=int_option(cfg, "n_projections", minimum=1), reference=reference_options(cfg),
         metrics=tuple(metrics), progress=bool_option(cfg, "progress", True), noise=noise,
-        floor_draws=int_option(cfg, "floor_draws", 4, minimum=2))
+        floor_draws=int_option(cfg, "floor_draws", 4, minimum=2),
+        grid_search_budget=float_option(cfg, "grid_search_budget", 200.0, minimum=0.0, open_below=True),
+        grid_search_batch=int_option(cfg, "grid_search_batch", 64, minimum=1))
 
 
 def reference_options(cfg: DictConfig) -> dict[str, Any]:
@@ -317,6 +321,13 @@ def check_config(cfg: DictConfig) -> tuple[SweepSettings, list[Entry], str]:
         raise ConfigError(str(err)) from None
     float_option(cfg, "dist_timeout_s", 1800, minimum=0.0, open_below=True)
     entries = parse_entries(cfg.get("solvers"), settings.budgets, cfg.get("options"))
+    for entry in entries:  # the optimized grid's search needs deterministic fixed-grid solvers
+        if OPTIMIZED in (settings.grids or (entry.grid,)):
+            key = "grids" if settings.grids else f"solvers.{entry.label}.grid"
+            try:
+                check_optimizable(entry, build_solver(entry.name, entry.options, f"solvers.{entry.label}.options"))
+            except ValueError as err:
+                raise ConfigError(f"{key}: {err}") from None
     for key in ("peers", "kdiffusion"):
         methods = plain(cfg.get(key)) or []
         if not isinstance(methods, list):

@@ -43,13 +43,16 @@ def budget_grid(solver: Solver, sde: Any, nfe: int, spec: str, denoise: bool) ->
 
 
 def screening_specs(grids: Sequence[str], denoise: bool, log_lo: float, log_hi: float) -> list[str]:
-    """The named grids, and for grids that end at the data each also stopped early at :data:`STOPS` − 1 higher
-    σ_end (a coarse search over where the ODE stops, which a local search from σ_lo seldom finds)."""
+    """The named grids (names or specs, ``"karras:rho=5"``), and for grids that end at the data each also stopped
+    early at :data:`STOPS` − 1 higher σ_end (a coarse search over where the ODE stops, which a local search from
+    σ_lo seldom finds)."""
     specs = []
-    for kind in grids:
-        specs.append(kind)
-        if denoise and kind not in ("stop_early", "ddpm"):
-            specs += [f"{kind}:sigma_end={math.exp(log_lo + (log_hi - log_lo) * k / 8):.6g}" for k in range(1, STOPS)]
+    for spec in grids:
+        specs.append(spec)
+        sep = "," if ":" in spec else ":"  # a spec with options already ("karras:rho=5") takes one more
+        if denoise and spec.partition(":")[0] not in ("stop_early", "ddpm"):
+            specs += [f"{spec}{sep}sigma_end={math.exp(log_lo + (log_hi - log_lo) * k / 8):.6g}"
+                      for k in range(1, STOPS)]
     return specs
 
 
