@@ -146,6 +146,7 @@ def test_bad_settings_are_named():
 
 def test_peers_are_optional(monkeypatch):
     monkeypatch.setattr(peers_mod, "import_diffusers", lambda: None)
+    monkeypatch.setattr(peers_mod, "import_kdiffusion", lambda: None)
     runs, notes = plan_peers(["ddim"], ["euler"], (10,))
     assert runs == [] and len(notes) == 2 and "diffusers is not installed" in notes[0]
 

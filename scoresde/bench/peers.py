@@ -5,8 +5,10 @@ diffusers (VP SDEs with a discrete DDPM schedule, ``sde.ddpm_schedule``): each s
 1000-step schedule of *this* SDE (``trained_betas``), ε-prediction, no clipping. Its model input is the VP state
 and a (possibly fractional) timestep k; the wrapper maps k to σ the way diffusers maps σ to k (linear
 interpolation of log σ_k over k, σ_k² = (1 − ᾱ_k)/ᾱ_k), then to SDE time t(σ), and calls the problem's own
-counted model, ``model.eps(x, t)``. Euler, Heun and DPM-Solver++ 2M use Karras σ's (ρ = 7, as scoresde's
-``karras`` grid); DDPM and DDIM use ``trailing`` spacing so that the first step starts at k = N − 1 (``leading``
+counted model, ``model.eps(x, t)``. ``euler``, ``heun`` and ``dpmpp_2m`` use Karras σ's (ρ = 7, as scoresde's
+``karras`` grid; ``*_default``: the scheduler's default grid); ``dpmpp_3m`` (DPM-Solver++, ``solver_order=3``),
+``deis`` (DEIS-tAB3) and ``unipc`` the scheduler's default grid (``*_karras``: Karras σ's); DDPM and DDIM use
+``trailing`` spacing so that the first step starts at k = N − 1 (``leading``
 would skip the noisiest 10 % at 10 steps). DDPM's noise comes from one generator per sample
 (``noise_seed``), as scoresde's.
 
@@ -16,12 +18,18 @@ On a diffusers model (:func:`scoresde.models.loader.load_diffusers`: its SDE is 
 exactly the timesteps diffusers' own loop gives it (fractional ones included); the ε fed to the scheduler is the
 counted model's ε (the network's own output for an ε-prediction model, converted from v or x₀ otherwise).
 
-k-diffusion: ``sample_*(denoiser, x̂_T, sigmas)`` on ``get_sigmas_karras`` between σ(t_min) and σ(T), with the
-denoiser ``D(x̂; σ) = model.denoiser(x̂, σ)`` and x̂_T = x_T / s(T).
+k-diffusion (imported through :mod:`scoresde.bench.kdiffusion_import`, which loads its unmodified
+``sampling.py`` when the package ``__init__`` does not import): ``sample_*(denoiser, x̂_T, sigmas)`` on
+``get_sigmas_karras`` between σ(t_min) and σ(T), with the denoiser ``D(x̂; σ) = model.denoiser(x̂, σ)`` and
+x̂_T = x_T / s(T); ``euler``, ``heun``, ``dpmpp_2m``, ``lms`` (4th-order linear multistep in σ), ``dpmpp_2m_sde``
+(η = 1, midpoint), ``dpmpp_3m_sde`` (η = 1) and ``dpmpp_3m_sde_eta0`` (η = 0), and ``dpm_adaptive`` (DPM-Solver-23
+with step control at k-diffusion's default rtol = 0.05, atol = 0.0078: one run whatever the budgets, its NFE
+measured, its row's ``tol`` the rtol). See :func:`kdiffusion_factory` for the SDE samplers' noise.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,34 +38,56 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scoresde.bench.kdiffusion_import import is_standalone, load_sampling
 from scoresde.bench.planning import SweepSettings
 from scoresde.bench.problems import Problem, noise_seed
 from scoresde.bench.sweep import References, chunks, score_samples, start_noise
 from scoresde.bench.targets import Targets
 from scoresde.bench.timing import Stopwatch
 
-# method: (scheduler class, its options, stochastic, order)
+# method: (scheduler class, its options, stochastic, order). Where a scheduler has both a default grid and Karras
+# σ's, both are peers: the older names (euler, heun, dpmpp_2m) mean Karras and their default-grid twins end in
+# _default; the newer ones (dpmpp_3m, deis, unipc) mean the scheduler's default grid and their twins end in _karras.
+_DPMPP = "DPMSolverMultistepScheduler"
+_KARRAS = {"use_karras_sigmas": True}
 DIFFUSERS: dict[str, tuple[str, dict[str, Any], bool, float]] = {
     "ddpm": ("DDPMScheduler", {"variance_type": "fixed_large", "clip_sample": False, "timestep_spacing": "trailing"},
              True, 0.5),
     "ddim": ("DDIMScheduler", {"clip_sample": False, "timestep_spacing": "trailing"}, False, 1.0),
-    "euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}, False, 1.0),
-    "heun": ("HeunDiscreteScheduler", {"use_karras_sigmas": True}, False, 2.0),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
-                                                 "use_karras_sigmas": True}, False, 2.0),
+    "euler": ("EulerDiscreteScheduler", _KARRAS, False, 1.0),
+    "euler_default": ("EulerDiscreteScheduler", {}, False, 1.0),
+    "heun": ("HeunDiscreteScheduler", _KARRAS, False, 2.0),
+    "heun_default": ("HeunDiscreteScheduler", {}, False, 2.0),
+    "dpmpp_2m": (_DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 2, **_KARRAS}, False, 2.0),
+    "dpmpp_2m_default": (_DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 2}, False, 2.0),
+    # solver_order=3: the 3M update of k-diffusion and scoresde's dpmpp_3m (φ₃ on half the second difference),
+    # second order as measured (README, "dpmpp_3m"), so declared 2
+    "dpmpp_3m": (_DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 3}, False, 2.0),
+    "dpmpp_3m_karras": (_DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 3, **_KARRAS}, False, 2.0),
+    "deis": ("DEISMultistepScheduler", {"solver_order": 3}, False, 3.0),  # DEIS-tAB3, diffusers' default order
+    "deis_karras": ("DEISMultistepScheduler", {"solver_order": 3, **_KARRAS}, False, 3.0),
     "unipc": ("UniPCMultistepScheduler", {}, False, 3.0),  # UniPC-bh2 with solver_order 2 + corrector: order 3
+    "unipc_karras": ("UniPCMultistepScheduler", _KARRAS, False, 3.0),
 }
-# method: (k_diffusion.sampling function, stochastic, order)
-KDIFFUSION: dict[str, tuple[str, bool, float]] = {
-    "euler": ("sample_euler", False, 1.0), "heun": ("sample_heun", False, 2.0),
-    "dpmpp_2m": ("sample_dpmpp_2m", False, 2.0), "lms": ("sample_lms", False, 4.0),
+# method: (k_diffusion.sampling function, its options, stochastic, order). SDE samplers: strong order 1 (as
+# scoresde's dpmpp_*_sde declare); dpmpp_3m_sde at η = 0 is the deterministic 3M, second order (README).
+KDIFFUSION: dict[str, tuple[str, dict[str, Any], bool, float]] = {
+    "euler": ("sample_euler", {}, False, 1.0), "heun": ("sample_heun", {}, False, 2.0),
+    "dpmpp_2m": ("sample_dpmpp_2m", {}, False, 2.0), "lms": ("sample_lms", {}, False, 4.0),
+    "dpmpp_2m_sde": ("sample_dpmpp_2m_sde", {"eta": 1.0, "solver_type": "midpoint"}, True, 1.0),
+    "dpmpp_3m_sde": ("sample_dpmpp_3m_sde", {"eta": 1.0}, True, 1.0),
+    "dpmpp_3m_sde_eta0": ("sample_dpmpp_3m_sde", {"eta": 0.0}, False, 2.0),
+    # DPM-Solver-23 with its PID step control at k-diffusion's default tolerances: chooses its own steps
+    "dpm_adaptive": ("sample_dpm_adaptive", {"order": 3, "rtol": 0.05, "atol": 0.0078}, False, 3.0),
 }
-TWO_EVALS = {"heun"}  # 2 evaluations per step, one on the last: NFE = 2n − 1 (both libraries)
-Factory = Callable[[Problem, int], Callable[[Tensor, Sequence[int]], Tensor]]
+ADAPTIVE = {"dpm_adaptive"}  # k-diffusion samplers that choose their steps: one run, at their rtol, NFE measured
+TWO_EVALS = {"heun", "heun_default"}  # 2 evaluations per step, one on the last: NFE = 2n − 1 (both libraries)
+Factory = Callable[[Problem, int | None], Callable[[Tensor, Sequence[int]], Tensor]]
 
 
 def steps_for(method: str, budget: int) -> int:
-    """Steps whose NFE is closest to ``budget`` (ties: the cheaper)."""
+    """Steps whose NFE is closest to ``budget`` (ties: the cheaper): every fixed-grid peer costs one evaluation per
+    step except Heun's 2n − 1."""
     return max(1, (budget + 1) // 2) if method in TWO_EVALS else budget
 
 
@@ -72,11 +102,9 @@ def import_diffusers() -> Any | None:
 
 
 def import_kdiffusion() -> Any | None:
-    try:
-        import k_diffusion.sampling as sampling
-        return sampling
-    except Exception:  # noqa: BLE001 - k-diffusion's package __init__ imports many optional extras
-        return None
+    """k-diffusion's ``sampling`` module, if necessary without its package ``__init__``
+    (:func:`scoresde.bench.kdiffusion_import.load_sampling`); None when it is not installed."""
+    return load_sampling()
 
 
 def diffusers_factory(module: Any, method: str) -> Factory:
@@ -129,18 +157,42 @@ def peer_table(sde: Any) -> tuple[Tensor, Callable[[float], float]]:
 
 
 def kdiffusion_factory(sampling: Any, method: str) -> Factory:
-    """``make(problem, steps)`` → ``sampler(x_T, seeds)`` running k-diffusion's ``sample_<method>``."""
-    fn_name = KDIFFUSION[method][0]
+    """``make(problem, steps)`` → ``sampler(x_T, seeds)`` running k-diffusion's ``sample_<method>``.
 
-    def make(problem: Problem, steps: int) -> Callable[[Tensor, Sequence[int]], Tensor]:
+    Fixed-grid samplers run on ``get_sigmas_karras(steps, σ(t_min), σ(T), ρ = 7)`` (which appends σ = 0, so the
+    last step is the jump to the data). SDE samplers get k-diffusion's own ``BrownianTreeNoiseSampler`` over
+    [min σ > 0, max σ] with a list of seeds, one Brownian tree per sample seeded with ``noise_seed(seed)`` (the
+    per-sample seed scoresde's own noise uses): a sample's noise does not depend on the batch it is drawn in.
+    ``dpm_adaptive`` integrates from σ(T) to σ(t_min) with its own steps and stops there; one denoiser call
+    x̂ ← D(x̂; σ(t_min)) then makes the same jump to the data as the fixed grids' last step (counted in its NFE).
+    """
+    fn_name, options, stochastic, _ = KDIFFUSION[method]
+
+    def make(problem: Problem, steps: int | None) -> Callable[[Tensor, Sequence[int]], Tensor]:
         sde = problem.sde
         t_max = torch.tensor(sde.T, dtype=torch.float64)
         s_max, sig_max = float(sde.s(t_max)), float(sde.sigma(t_max))
         sig_min = float(sde.sigma(torch.tensor(sde.t_min, dtype=torch.float64)))
+        fn, denoiser = getattr(sampling, fn_name), problem.model.denoiser
 
         def sampler(x_T: Tensor, seeds: Sequence[int]) -> Tensor:
+            x = x_T / s_max
+            if method in ADAPTIVE:
+                x = fn(denoiser, x, sig_min, sig_max, disable=True, **options)
+                return denoiser(x, torch.full((x.shape[0],), sig_min, dtype=x.dtype, device=x.device))
+            if steps is None:
+                raise ValueError(f"k-diffusion's {method} needs a step count")
             sigmas = sampling.get_sigmas_karras(steps, sig_min, sig_max, rho=7.0, device=x_T.device)
-            return getattr(sampling, fn_name)(problem.model.denoiser, x_T / s_max, sigmas, disable=True)
+            if not stochastic:
+                return fn(denoiser, x, sigmas, disable=True, **options)
+            positive = sigmas[sigmas > 0]
+            tree = sampling.BrownianTreeNoiseSampler(x, positive.min(), positive.max(),
+                                                     seed=[noise_seed(s) for s in seeds])
+            with warnings.catch_warnings():  # torchsde rounds the tree's end to its tolerance's digits, so a query
+                # at σ_max = 152.1669921875 (float32) exceeds the stored 152.166992 and is clamped to it, with a
+                # warning per step and per sample; the clamp moves the increment by ~1e-9 relative
+                warnings.filterwarnings("ignore", message="Should have t[ab]<=t1", category=UserWarning)
+                return fn(denoiser, x, sigmas, disable=True, noise_sampler=tree, **options)
 
         return sampler
 
@@ -153,11 +205,12 @@ class PeerRun:
 
     source: str
     method: str
-    budget: int
-    steps: int
+    budget: int | None  # None: an adaptive sampler (its ``tol`` is set; its NFE is measured)
+    steps: int | None
     stochastic: bool
     order: float
     make: Factory
+    tol: float | None = None
 
     def draw(self, problem: Problem, seeds: Sequence[int], settings: SweepSettings) -> tuple[Tensor, int, float]:
         """Like :func:`scoresde.bench.sweep.draw`: the same x_T (:func:`~scoresde.bench.sweep.start_noise`),
@@ -179,7 +232,7 @@ class PeerRun:
                 ) -> dict[str, Any]:
         row = {"problem": problem.name, "sde": problem.sde.name, "source": self.source, "label": self.method,
                "solver": f"{self.source}:{self.method}", "grid": "peer", "options": {}, "budget": self.budget,
-               "tol": None, "steps": self.steps, "declared_nfe": None, "stochastic": self.stochastic,
+               "tol": self.tol, "steps": self.steps, "declared_nfe": None, "stochastic": self.stochastic,
                "order": self.order, "nfe": None, "time_s": None, "samples_per_s": None, "rmse": None,
                "error": None, "sw": None, "mmd": None, "nll": None, "fd": None}
         try:
@@ -212,9 +265,15 @@ def plan_peers(diffusers_methods: Sequence[str], kdiffusion_methods: Sequence[st
         if module is None:
             notes.append(f"{lib} is not installed (or does not import); its peers were skipped")
             continue
+        if lib == "k-diffusion" and is_standalone(module):
+            notes.append("k-diffusion's sampling.py was loaded without its package __init__ (whose extras, e.g. "
+                         "torchvision, do not import); see scoresde/bench/kdiffusion_import.py")
         for method in names:
-            stochastic, order = table[method][-2], table[method][-1]
+            _, options, stochastic, order = table[method]
+            make = factory(module, method)
+            if lib == "k-diffusion" and method in ADAPTIVE:
+                runs.append(PeerRun(lib, method, None, None, stochastic, order, make, tol=options["rtol"]))
+                continue
             for budget in dict.fromkeys(budgets):
-                runs.append(PeerRun(lib, method, budget, steps_for(method, budget), stochastic, order,
-                                    factory(module, method)))
+                runs.append(PeerRun(lib, method, budget, steps_for(method, budget), stochastic, order, make))
     return runs, notes
