@@ -188,10 +188,11 @@ def kdiffusion_factory(sampling: Any, method: str) -> Factory:
             positive = sigmas[sigmas > 0]
             tree = sampling.BrownianTreeNoiseSampler(x, positive.min(), positive.max(),
                                                      seed=[noise_seed(s) for s in seeds])
-            with warnings.catch_warnings():  # torchsde rounds the tree's end to its tolerance's digits, so a query
-                # at σ_max = 152.1669921875 (float32) exceeds the stored 152.166992 and is clamped to it, with a
-                # warning per step and per sample; the clamp moves the increment by ~1e-9 relative
-                warnings.filterwarnings("ignore", message="Should have t[ab]<=t1", category=UserWarning)
+            with warnings.catch_warnings():  # torchsde rounds the tree's ends to its tolerance's digits, so a query
+                # at σ_max = 152.1669921875 (float32) exceeds the stored 152.166992 (or one at σ_min = 0.0019999996
+                # falls below 0.002) and is clamped to it, with a warning per step and per sample; the clamp moves
+                # the increment by ~1e-9 relative
+                warnings.filterwarnings("ignore", message="Should have t[ab][<>]=t[01]", category=UserWarning)
                 return fn(denoiser, x, sigmas, disable=True, noise_sampler=tree, **options)
 
         return sampler
