@@ -31,7 +31,8 @@ NEEDS_MODEL = [pytest.mark.skipif(not (WEIGHTS_DIR / PRETRAINED["fashion_mnist"]
 def test_every_script_has_a_tiny_setting():
     assert sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")) == sorted([*TINY, "make_gallery.py",
                                                                                  "model_quality.py",
-                                                                                 "train_diffusers_unet.py"])
+                                                                                 "train_diffusers_unet.py",
+                                                                                 "few_step_frontier.py"])
     # train_diffusers_unet.py: its tiny setting is tests/test_train_diffusers_unet.py
 
 
@@ -99,3 +100,16 @@ def test_overhead_runs_are_agreed_on_and_a_noisy_table_is_not_written(tmp_path, 
     assert "old table" not in text and "2 separate run(s)" in text and text.endswith("end -->\nafter\n")
     assert "| ddim | 2/n/a |" in text
     torch.set_flush_denormal(False)  # main() pinned it for this process
+
+
+def test_few_step_frontier_prints_its_tables(tmp_path):
+    """One problem, one budget, two grids: the RMSE matrix, the summary against the targets, the bench.json kept."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "few_step_frontier.py"), "--problems", "ring",
+                           "--sdes", "edm", "--budgets", "6", "--n-samples", "16", "--solvers", "dpmpp_3m",
+                           "--grids", "karras", "stop_early", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| dpmpp_3m@karras |" in proc.stdout and "| dpmpp_3m@stop_early |" in proc.stdout
+    assert "ratio any grid (≤ 0.7)" in proc.stdout and "# targets met:" in proc.stdout
+    assert (tmp_path / "ring_edm" / "bench.json").is_file() and (tmp_path / "summary.json").is_file()
