@@ -4,6 +4,10 @@ What each torchdiffeq method is comes from torchdiffeq's own solver classes, nev
 ``FixedGridODESolver`` steps through the time grid and declares its global ``order``; an
 ``AdaptiveStepsizeODESolver`` picks its own steps to meet ``rtol``/``atol`` (an ``RKAdaptiveStepsizeODESolver``
 declares its ``order``). The options a method takes are the parameters of its class's constructor.
+
+An adaptive solve is set up as score_sde's (scipy's ``solve_ivp``) is: the whole batch is one state under one RMS
+error norm, the state is float64 while the model sees the input's dtype, and the next step follows Hairer, Nørsett
+& Wanner §II.4 (:mod:`scoresde.solvers.step_control`).
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from scoresde.models.score_model import ScoreModel
 from scoresde.sde.reverse import ProbabilityFlowODE
 from scoresde.solvers.base import Callback, Solver, StepInfo, TimeGrid, check_start, register
 from scoresde.solvers.noise import NoiseSource
+from scoresde.solvers.step_control import CONTROLS, odeint_controlled
+
+STATE_DTYPES = {"auto": None, "input": None, "float32": torch.float32, "float64": torch.float64}
 
 RESERVED = {"func", "y0", "rtol", "atol", "step_size", "grid_constructor", "step_t", "implicit", "perturb"}
 
@@ -88,12 +95,20 @@ class ProbabilityFlow(Solver):
     The state stays on the model's device (no host copy per step). Every model call is counted,
     rejected steps included. Adaptive steps are clipped at t_min (torchdiffeq's ``step_t``), and the
     drift clamps t to [t_min, T], so no evaluation ever falls below t_min, where σ(t) of VP is NaN.
+
+    ``control``: ``"hairer"`` (default) picks an adaptive method's next step by Hairer–Nørsett–Wanner eq. (4.13),
+    as scipy's ``solve_ivp`` does, and estimates dopri5's error with Dormand & Prince's embedding; with it dopri5
+    takes the step sequence of score_sde's ``solve_ivp(method="RK45")``. ``"torchdiffeq"`` keeps torchdiffeq's
+    own controller (more rejected steps near t_min). Fixed-grid methods ignore it.
+    ``state_dtype``: the dtype the solver integrates in (the model always sees the input's dtype, the result
+    comes back in it). ``"auto"``: float64 for adaptive methods (as scipy does; the input's dtype on MPS, which
+    has no float64), the input's dtype for fixed-grid ones; or ``"input"``, ``"float32"``, ``"float64"``.
     """
 
     name = "ode"
 
     def __init__(self, method: str = "dopri5", rtol: float | None = None, atol: float | None = None,
-                 options: dict[str, Any] | None = None):
+                 options: dict[str, Any] | None = None, control: str = "hairer", state_dtype: str = "auto"):
         known = torchdiffeq_methods()
         if method not in known:
             raise ValueError(f"ode: unknown torchdiffeq method {method!r}; choose one of {', '.join(known)}")
@@ -111,7 +126,13 @@ class ProbabilityFlow(Solver):
         if bad:
             raise ValueError(f"ode: method {method!r} takes no option {', '.join(map(repr, bad))}; it takes "
                              f"{', '.join(sorted(_parameters(cls) - RESERVED)) or 'none'}")
+        if control not in CONTROLS:
+            raise ValueError(f"ode: unknown control {control!r}; choose one of {', '.join(CONTROLS)}")
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"ode: unknown state_dtype {state_dtype!r}; choose one of {', '.join(STATE_DTYPES)}")
+        self.control, self.state_dtype = control, state_dtype
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
+        self.stats: dict[str, int] = {}
         self.tolerances = bool(given) or takes_tolerances(method)
         self.order = float(getattr(cls, "order", 1.0))
         if "max_order" in _parameters(cls):
@@ -127,7 +148,17 @@ class ProbabilityFlow(Solver):
             out.update(rtol=self.rtol, atol=self.atol)
         if self.options_:
             out["options"] = self.options_
+        if self.control != "hairer":
+            out["control"] = self.control
+        if self.state_dtype != "auto":
+            out["state_dtype"] = self.state_dtype
         return out
+
+    def _dtype(self, x: Tensor) -> torch.dtype:
+        """The dtype the ODE state is integrated in (see ``state_dtype``)."""
+        if self.state_dtype == "auto":
+            return torch.float64 if self.adaptive and x.device.type != "mps" else x.dtype
+        return STATE_DTYPES[self.state_dtype] or x.dtype
 
     def declared_nfe(self, grid: TimeGrid) -> int | None:
         if self.adaptive:
@@ -152,16 +183,24 @@ class ProbabilityFlow(Solver):
         flow = ProbabilityFlowODE(model.sde, model.score)
         last_t = [ts[0]]
 
+        dtype, state = x.dtype, self._dtype(x)
+
         def drift(t: Tensor, y: Tensor) -> Tensor:
             last_t[0] = t
-            return flow.drift(y, t.clamp(t_end, t_start).to(y.dtype))
+            return flow.drift(y.to(dtype), t.clamp(t_end, t_start).to(dtype)).to(state)
 
         options = dict(self.options_)
         if self.adaptive:
             options["step_t"] = torch.tensor([t_end], dtype=torch.float64)
         tolerances = {"rtol": self.rtol, "atol": self.atol} if self.tolerances else {}
         try:
-            path = odeint(drift, x, ts, method=self.method, options=options or None, **tolerances)
+            if self.adaptive and self.control == "hairer":
+                path, run = odeint_controlled(drift, x.to(state), ts, torchdiffeq_methods()[self.method],
+                                              options=options, **tolerances)
+                self.stats = {"accepted": run.accepted, "rejected": run.rejected}
+            else:
+                path = odeint(drift, x.to(state), ts, method=self.method, options=options or None, **tolerances)
+            path = path.to(dtype)
         except AssertionError as err:  # torchdiffeq reports non-finite states and dt underflow this way
             raise FloatingPointError(f"ode ({self.method}): the solve failed near t={float(last_t[0]):.6g}: {err}. "
                                      "Check the model's output there, or loosen rtol/atol.") from None
