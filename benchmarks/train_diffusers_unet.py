@@ -9,7 +9,9 @@ scaled to [-1, 1] (``scoresde.data.load_image_dataset``, ``x/127.5 − 1``). Los
 Algorithm 1 — ``DDPMScheduler(num_train_timesteps=1000)`` (linear β from 1e-4 to 0.02), t uniform on {0, …, 999},
 ``x_t = scheduler.add_noise(x₀, ε, t)`` (eq. 4: √ᾱ_t·x₀ + √(1−ᾱ_t)·ε) and ``‖ε − ε_θ(x_t, t)‖²`` averaged over
 pixels. Adam (lr 5e-4 after a linear warm-up of 200 steps, gradient norm clipped to 1), batch 64, a fixed seed,
-EMA of the weights with decay 0.999 (``scoresde.models.EMA``); the EMA weights are saved.
+EMA of the weights (``scoresde.models.EMA``) with diffusers' warm-up (``diffusers.training_utils.EMAModel``
+without ``use_ema_warmup``): β_k = min(0.999, (1 + k)/(10 + k)) at step k, so the average forgets the random
+initialization (a constant 0.999 would keep 0.999^k of it: 5 % after 3000 steps); the EMA weights are saved.
 
 Output: a pipeline-layout directory that ``scoresde.models.external.from_diffusers`` reads —
 ``<out>/unet/`` (``UNet2DModel.save_pretrained``: config.json + safetensors) and ``<out>/scheduler/``
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights (after warm-up)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much wall clock (training only)")
     p.add_argument("--save-minutes", type=float, default=10.0, help="rewrite the output this often")
@@ -146,6 +148,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         warm.step()
+        ema.decay = min(args.ema, (1 + step) / (10 + step))  # diffusers' EMA warm-up (see the docstring)
         ema.update(unet)
         step += 1
         losses.append(loss.item())

@@ -51,8 +51,8 @@ def test_loads_with_the_ddpm_table_diffusers_trained_on(trained):
 
 
 def test_saved_weights_are_the_ema_of_the_training_weights(tmp_path):
-    """One step with decay β: the saved weights are β·θ₀ + (1 − β)·θ₁ (θ₀ the seeded init, θ₁ the weights after
-    the step, which ``--ema 0`` saves)."""
+    """One step: the saved weights are β·θ₀ + (1 − β)·θ₁ with diffusers' warm-up β = min(decay, 1/10) (θ₀ the seeded
+    init, θ₁ the weights after the step, which ``--ema 0`` saves)."""
     def weights(out):
         return diffusers.UNet2DModel.from_pretrained(str(out / "unet")).state_dict()
     module = script()
@@ -63,7 +63,7 @@ def test_saved_weights_are_the_ema_of_the_training_weights(tmp_path):
     ema, raw = weights(tmp_path / "ema"), weights(tmp_path / "raw")
     assert not torch.equal(raw["conv_in.weight"], init["conv_in.weight"])
     for name, value in ema.items():
-        torch.testing.assert_close(value, 0.9 * init[name] + 0.1 * raw[name], rtol=0, atol=1e-6)
+        torch.testing.assert_close(value, 0.1 * init[name] + 0.9 * raw[name], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("solver,grid", [("ddim", "quadratic"), ("dpmpp_2m", "karras")])
