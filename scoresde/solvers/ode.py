@@ -196,7 +196,7 @@ class ProbabilityFlow(Solver):
         try:
             if self.adaptive and self.control == "hairer":
                 path, run = odeint_controlled(drift, x.to(state), ts, torchdiffeq_methods()[self.method],
-                                              options=options, **tolerances)
+                                              options=options, dense=False, **tolerances)
                 self.stats = {"accepted": run.accepted, "rejected": run.rejected}
             else:
                 path = odeint(drift, x.to(state), ts, method=self.method, options=options or None, **tolerances)

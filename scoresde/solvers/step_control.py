@@ -62,6 +62,14 @@ class HairerControl:
             setattr(self.func, name, attempt)
         self._after_reject = False
         self.accepted = self.rejected = 0
+        self.dense = True
+
+    def _interp_fit(self, y0: Tensor, y1: Tensor, k: Tensor, dt: Tensor) -> list[Tensor]:
+        """torchdiffeq's dense-output fit, or, with ``dense`` off (every output time is the end of a step), the
+        constant ``y1``: the output is the step's own result, and the fit's work per step is saved."""
+        if self.dense:
+            return super()._interp_fit(y0, y1, k, dt)
+        return [y1, y1.new_zeros(())]
 
     def _adaptive_step(self, rk_state):
         state = super()._adaptive_step(rk_state)
@@ -80,8 +88,9 @@ class HairerControl:
 
 @cache
 def controlled(cls: type) -> type:
-    """``cls`` with :class:`HairerControl`, and Dormand & Prince's error estimator when ``cls`` is dopri5."""
-    if not issubclass(cls, RKAdaptiveStepsizeODESolver):
+    """``cls`` with :class:`HairerControl`, and Dormand & Prince's error estimator when ``cls`` is dopri5 (a class
+    that already has the control, or a method that is not an adaptive Runge–Kutta one, passes through)."""
+    if issubclass(cls, HairerControl) or not issubclass(cls, RKAdaptiveStepsizeODESolver):
         return cls
     body: dict[str, Any] = {"__doc__": f"{cls.__name__} with HNW §II.4 step-size control."}
     if issubclass(cls, Dopri5Solver):
@@ -90,11 +99,18 @@ def controlled(cls: type) -> type:
 
 
 def odeint_controlled(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t: Tensor, cls: type, *,
-                      rtol: float, atol: float, options: dict[str, Any] | None = None) -> tuple[Tensor, Any]:
+                      rtol: float, atol: float, options: dict[str, Any] | None = None,
+                      dense: bool = True) -> tuple[Tensor, Any]:
     """torchdiffeq's ``odeint`` (input checks, time reversal, norm) run with ``controlled(cls)``; returns the
-    solution at ``t`` and the solver (its ``accepted``/``rejected`` step counts)."""
+    solution at ``t`` and the solver (its ``accepted``/``rejected`` step counts). ``dense=False`` skips the
+    dense-output fit, which needs every output time after ``t[0]`` to be one of ``options["step_t"]``."""
+    if not dense:
+        ends = torch.as_tensor((options or {}).get("step_t", []), dtype=torch.float64).cpu()
+        if not bool(torch.isin(t[1:].to("cpu", torch.float64), ends).all()):
+            raise ValueError("odeint_controlled: dense=False needs every output time in options['step_t']")
     solver_cls = controlled(cls)
     _, func, y0, t, rtol, atol, method, options, _, _ = _check_inputs(
         func, y0, t, rtol, atol, "method", dict(options or {}), None, {"method": solver_cls})
     solver = solver_cls(func=func, y0=y0, rtol=rtol, atol=atol, **options)
+    solver.dense = dense
     return solver.integrate(t), solver
