@@ -143,3 +143,18 @@ def test_refused_cases_are_one_line_errors(args, needles, tmp_path, capsys, monk
                             tmp_path)
     assert_one_line_error(code, err, "bench", *needles)
     assert not (tmp_path / "out" / "bench.json").exists()
+
+
+def test_a_grid_that_stops_early_is_scored_against_the_solution_at_the_data(problem, settings):
+    """``stop_early`` (diffusers' default layout) ends the ODE at t = T/N and jumps to the data with the denoiser: its
+    RMSE is to the same solution at the data as every other run's, not to an ODE stopped where it stopped (which
+    would charge nothing for the part it skips)."""
+    early = SweepSettings(budgets=(3,), grids=("stop_early",), n_samples=32, metrics=("rmse",), progress=False,
+                          n_data=64)
+    result = sweep_problem(problem, [Entry("euler", "euler", "karras", {}, (3,), None)], early)
+    (row,) = result["rows"]
+    assert [ref["t_end"] for ref in result["reference"]] == [pytest.approx(problem.sde.t_min)]
+    x = scoresde.sample(problem.model, "euler", 3, x_T=problem.prior(early.seeds), grid="stop_early")
+    at_data, _ = reference_solution(problem.reference_model, problem.prior(early.seeds), (problem.sde.t_min, True),
+                                    early)
+    assert rmse(x, at_data) == pytest.approx(row["rmse"], rel=1e-9) and row["rmse"] > 1e-2

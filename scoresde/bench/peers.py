@@ -244,7 +244,7 @@ class PeerRun:
         if not bool(torch.isfinite(x).all()):
             row["error"] = "non-finite samples"
             return row
-        reference = None if self.stochastic or "rmse" not in targets.metrics else refs.get(refs.default_end())
+        reference = None if self.stochastic or "rmse" not in targets.metrics else refs.get(refs.data_end())
         return score_samples(row, x, nfe, seconds, problem, targets, reference)
 
 

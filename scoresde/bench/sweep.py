@@ -193,10 +193,17 @@ class References:
                               **{k: v for k, v in scores.items() if v is not None}})
         return self.cache[end]
 
-    def default_end(self) -> tuple[float, bool]:
-        """The end point of a uniform grid with the sweep's denoising setting (the peers' reference)."""
-        g = scoresde.make_grid(self.problem.sde, 2, "uniform", denoise=self.settings.denoise)
+    def data_end(self) -> tuple[float, bool]:
+        """The ODE to t_min, then the denoising step to the data: the end of every sampler that ends at the data."""
+        g = scoresde.make_grid(self.problem.sde, 2, "uniform", denoise=True)
         return Run.end.fget(Run(None, None, {}, 2, g, None, None))  # type: ignore[arg-type]  # Run.end needs the grid only
+
+    def end_of(self, end: tuple[float, bool]) -> tuple[float, bool]:
+        """The reference end a run ending at ``end`` is scored against. A run that ends at the data — whether its
+        grid reaches t_min first or stops the ODE early and jumps (``stop_early``, diffusers' default grids) — is
+        held against the same solution at the data, so stopping early is charged for what it skips; a run that
+        stops short of the data (``denoise=false``) against the ODE at its own last time."""
+        return self.data_end() if end[1] else end
 
 
 def measure_run(problem: Problem, run: Run, targets: Targets, refs: References,
@@ -213,7 +220,7 @@ def measure_run(problem: Problem, run: Run, targets: Targets, refs: References,
     except (FloatingPointError, ValueError) as err:  # e.g. NaN at a step, or a grid the solver refuses
         row["error"] = f"{type(err).__name__}: {err}"
         return row
-    reference = refs.get(run.end) if not run.solver.stochastic and "rmse" in targets.metrics else None
+    reference = refs.get(refs.end_of(run.end)) if not run.solver.stochastic and "rmse" in targets.metrics else None
     row = score_samples(row, x, nfe, seconds, problem, targets, reference)
     if run.search is not None:
         row["grid_search"] = record(run.search, row["rmse"])
