@@ -103,13 +103,14 @@ def shampine_hairer(model: sd.ScoreModel, x_T: Tensor, tol: float) -> tuple[Tens
 
 
 def reference(tb: sd.GaussianMixture, sde: sd.SDE, x_T: Tensor, tol: float) -> tuple[Tensor, float]:
-    """dopri8 at ``tol`` in float64 on the float64 exact score, and its RMS distance to dopri5 at ``tol``."""
+    """dopri8 at ``tol`` in float64 on the float64 exact score, and its RMS distance to dopri5 at ``tol`` (both
+    with the last step ending on t_min: a stage below it would see σ ≤ 0 under EDM)."""
     flow = sd.ProbabilityFlowODE(sde, lambda x, t: tb.score(x, t, sde))
     drift = lambda t, y: flow.drift(y, t.expand(y.shape[0]))  # noqa: E731
     ts = torch.tensor([sde.T, sde.t_min], dtype=torch.float64)
-    x = x_T.double()
-    ref = odeint(drift, x, ts, method="dopri8", rtol=tol, atol=tol)[-1]
-    check = odeint(drift, x, ts, method="dopri5", rtol=tol, atol=tol)[-1]
+    x, end = x_T.double(), {"step_t": ts[1:]}
+    ref = odeint(drift, x, ts, method="dopri8", rtol=tol, atol=tol, options=end)[-1]
+    check = odeint(drift, x, ts, method="dopri5", rtol=tol, atol=tol, options=end)[-1]
     return ref, float((ref - check).pow(2).mean().sqrt() / ref.std())
 
 
@@ -120,11 +121,11 @@ def measure(args: argparse.Namespace) -> dict:
         runners["ode control=hairer, Shampine estimator, state=float64"] = shampine_hairer
     runners["score_sde RK45 (scipy)"] = score_sde_rk45
     rows = []
-    for sde_name in args.sdes:
+    for sde_name, seed in ((name, seed) for name in args.sdes for seed in args.seeds):
         sde = sd.get_sde(sde_name)
         shape = (args.batch, *tb.event_shape)
         model = make_model(tb, sde, args.prediction)
-        noise = sd.solvers.make_noise(args.seed, args.batch, torch.device("cpu"), None)
+        noise = sd.solvers.make_noise(seed, args.batch, torch.device("cpu"), None)
         x_T = sde.prior_sample(shape, noise=noise(torch.empty(shape, dtype=torch.float32)))
         ref, ref_check = reference(tb, sde, x_T, args.ref_tol)
         spread = float(ref.std())
@@ -139,23 +140,37 @@ def measure(args: argparse.Namespace) -> dict:
                     times[label].append(sw.seconds)
                     if r == 0:
                         error = float((x.double() - ref).pow(2).mean().sqrt()) / spread
-                        rows.append({"sde": sde_name, "tol": tol, "solver": label, "nfe": model.nfe, **stats,
+                        rows.append({"sde": sde_name, "seed": seed, "tol": tol, "solver": label, "nfe": model.nfe, **stats,
                                      "error": error, "ref_check": ref_check})
             for row in rows:
-                if row["sde"] == sde_name and row["tol"] == tol:
+                if (row["sde"], row["seed"], row["tol"]) == (sde_name, seed, tol):
                     row["ms"] = 1e3 * float(np.median(times[row["solver"]]))
     return {"rows": rows}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| SDE | rtol = atol | solver | NFE (counted) | solver's NFE | steps acc / rej | error / spread | ms |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| SDE | seed | rtol = atol | solver | NFE (counted) | solver's NFE | steps acc / rej | error / spread "
+             "| ms |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         reported = r.get("nfev", r["nfe"])
         steps = f"{r.get('accepted', '–')} / {r.get('rejected', '–')}" if "rejected" in r or "accepted" in r else "–"
-        lines.append(f"| {r['sde']} | {r['tol']:g} | {r['solver']} | {r['nfe']} | {reported} | {steps} | "
+        lines.append(f"| {r['sde']} | {r['seed']} | {r['tol']:g} | {r['solver']} | {r['nfe']} | {reported} | {steps} | "
                      f"{r['error']:.3g} | {r['ms']:.0f} |")
     return "\n".join(lines)
+
+
+def verdicts(rows: list[dict], slack: float = 1.05) -> str:
+    """Per SDE and tolerance: in how many runs scoresde's ode took ≤ scipy's NFE, and had ≤ its error (× slack)."""
+    out = []
+    for sde_name, tol in sorted({(r["sde"], r["tol"]) for r in rows}):
+        pairs = [(r, s) for r in rows for s in rows if r["solver"] == "scoresde ode"
+                 and s["solver"].startswith("score_sde") and (r["sde"], r["seed"], r["tol"]) == (s["sde"], s["seed"], s["tol"])
+                 and (r["sde"], r["tol"]) == (sde_name, tol)]
+        nfe = sum(r["nfe"] <= s["nfe"] for r, s in pairs)
+        err = sum(r["error"] <= s["error"] * slack for r, s in pairs)
+        out.append(f"{sde_name} at {tol:g}: NFE ≤ scipy's in {nfe}/{len(pairs)}, error ≤ {slack}× scipy's in "
+                   f"{err}/{len(pairs)}")
+    return "; ".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sdes", nargs="+", default=["vp", "edm"])
     p.add_argument("--tols", nargs="+", type=float, default=[1e-5])
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one x_T per seed (sample i: seed + i)")
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT digits only")
     p.add_argument("--prediction", choices=["x0", "score"], default="x0")
     p.add_argument("--ref-tol", type=float, default=1e-10)
@@ -176,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args)
     conditions.load_after = load_average()
     print(table(result["rows"]))
+    print(f"\nscoresde ode vs score_sde RK45: {verdicts(result['rows'])}")
     checks = sorted({f"{r['sde']}: {r['ref_check']:.2g}" for r in result["rows"]})
     print(f"\nReference: dopri8 at {args.ref_tol:g} in float64; its distance to dopri5 at the same tolerance "
           f"(/ spread): {', '.join(checks)}")
     print(f"Problem: digits ideal denoiser ({args.prediction}-prediction, limit {args.limit}), batch {args.batch}, "
-          f"seed {args.seed}; torch {torch.__version__}, {date.today()}")
+          f"seeds {args.seeds}; torch {torch.__version__}, {date.today()}")
     print(f"Machine: {platform.processor() or platform.machine()}, {conditions.describe()}")
     if args.out:
         with open(args.out, "w") as f:

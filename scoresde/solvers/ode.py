@@ -103,6 +103,7 @@ class ProbabilityFlow(Solver):
     ``state_dtype``: the dtype the solver integrates in (the model always sees the input's dtype, the result
     comes back in it). ``"auto"``: float64 for adaptive methods (as scipy does; the input's dtype on MPS, which
     has no float64), the input's dtype for fixed-grid ones; or ``"input"``, ``"float32"``, ``"float64"``.
+    After an adaptive solve with ``control="hairer"``, ``stats`` holds its accepted and rejected step counts.
     """
 
     name = "ode"
