@@ -87,8 +87,10 @@ def test_reproducible_bounded_and_saved(tmp_path):
     save_grid(a, path, sde, **info)
     x_T = _draw(sde, 16, 99)
     assert torch.equal(sd.sample(model, "ipndm", x_T=x_T, grid=path), sd.sample(model, "ipndm", x_T=x_T, grid=a))
-    other = optimize_grid(model, "ipndm", 5, (32, 2), seed=4, budget=60)
-    assert not torch.equal(other.t, a.t)
+    other: dict = {}
+    optimize_grid(model, "ipndm", 5, (32, 2), seed=4, budget=60, info=other)
+    assert other["start_error"] != info["start_error"]  # another seed, another calibration batch (the grid found
+    # can coincide: the simplex moves by fixed steps, and a similar objective ranks its vertices alike)
 
 
 def test_rejects_what_it_cannot_optimize():

@@ -62,7 +62,7 @@ class SweepSettings:
     noise: str = "per_sample"
     floor_draws: int = 4
     grid_search_budget: float = 200.0
-    grid_search_batch: int = 64
+    grid_search_batch: int = 256
 
     def __post_init__(self) -> None:
         if self.n_samples < 2:

@@ -91,6 +91,28 @@ def reference_solution(model: ScoreModel, x_T: Tensor, ends_at_data: bool, rtol:
     return ode.sample(model, x_T, grid_from_times(sde, t, "reference", ends_at_data))
 
 
+COARSE = 4  # smooth directions of the first search stage
+
+
+def coarse_basis(n: int, k: int = COARSE) -> np.ndarray:
+    """(n, min(n, k)) piecewise-linear hat functions over the increment index: a change of the logits along a
+    column moves a whole stretch of the grid smoothly. With n ≤ k the identity (every logit is its own direction)."""
+    if n <= k:
+        return np.eye(n)
+    knots = np.linspace(0.0, n - 1.0, k)
+    return np.stack([np.interp(np.arange(n), knots, np.eye(k)[j]) for j in range(k)], axis=1)
+
+
+def search(objective: Any, dims: int, method: str, maxfev: int) -> Any:
+    """scipy's ``minimize`` of ``objective`` over ``dims`` coefficients from 0 with at most ``maxfev`` evaluations:
+    Nelder–Mead (adaptive, initial simplex ±0.5 along each coefficient) or Powell."""
+    options: dict[str, Any] = {"maxfev": maxfev}
+    if method == "Nelder-Mead":
+        options.update(adaptive=True, xatol=1e-4, fatol=1e-5,
+                       initial_simplex=np.vstack([np.zeros(dims)] + [0.5 * e for e in np.eye(dims)]))
+    return minimize(objective, np.zeros(dims), method=method, options=options)
+
+
 def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequence[int] | None = None, *,
                   reference: Tensor | None = None, calib: Tensor | None = None, seed: int = 0,
                   denoise: bool = True, grids: Sequence[str] = NAMED_GRIDS, budget: float = 200.0,
@@ -112,7 +134,10 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
         budget: the search's cost bound in units of ``nfe``: screening plus optimisation use at most
             ``budget·nfe`` evaluations (the reference solve is counted apart, in ``info``).
         method: scipy's derivative-free ``Nelder-Mead`` (adaptive, initial simplex of ±0.5 in the logits)
-            or ``Powell``; both deterministic, so the result is reproducible from ``seed``.
+            or ``Powell``; both deterministic, so the result is reproducible from ``seed``. The search runs coarse to
+            fine: half the evaluations along :data:`COARSE` smooth directions (:func:`coarse_basis`: hat functions
+            over the step index, so a 20-step grid is first bent as a whole, where a 20-dimensional simplex would
+            spend its budget on its first few moves), the rest on every logit from the best point found.
         info: a dict to fill with the start grid, calibration errors, evaluations and NFE spent.
 
     The free parameters are the logits z of the increments of log σ between σ(T) and σ(t_min)
@@ -167,14 +192,18 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
         return math.log(max(error(grid), 1e-300))
 
     best_z, best = z0, start_error
-    if evals_left > len(z0) + 1:
-        options: dict[str, Any] = {"maxfev": evals_left}
-        if method == "Nelder-Mead":
-            simplex = np.vstack([z0] + [z0 + 0.5 * e for e in np.eye(len(z0))])
-            options.update(adaptive=True, xatol=1e-4, fatol=1e-5, initial_simplex=simplex)
-        result = minimize(objective, z0, method=method, options=options)
+    basis = coarse_basis(len(z0))
+    stages = [(basis, evals_left // 2), (np.eye(len(z0)), evals_left)] if basis.shape[1] < len(z0) else \
+        [(basis, evals_left)]
+    screened = evals
+    for directions, until in stages:  # coarse to fine: a few smooth directions first, then every logit
+        maxfev = until - (evals - screened)
+        if maxfev <= directions.shape[1] + 1:
+            break
+        z_from = best_z
+        result = search(lambda c, d=directions, z=z_from: objective(z + d @ c), directions.shape[1], method, maxfev)
         if math.exp(result.fun) < best:
-            best_z, best = result.x, math.exp(result.fun)
+            best_z, best = z_from + directions @ result.x, math.exp(result.fun)
     found = grid_of(sde, best_z, log_hi, log_lo, denoise, sde.T, sde.t_min) if best < start_error else start
     if info is not None:
         info.update(solver=solver.name, options=solver.options(), nfe=nfe, steps=found.steps, start=start_kind,
