@@ -8,10 +8,11 @@ Gaussians, a 64-dimensional mixture of 10 Gaussians) and each SDE (EDM's σ-spac
 ``scoresde-bench`` once with
 
 * scoresde solvers ``euler heun ddim dpmpp_2m dpmpp_3m unipc ipndm deis`` (every deterministic fixed-grid solver of
-  the registry that sees a ``TimeGrid``) on the grids ``karras`` (ρ = 7), ``logsnr``, ``stop_early`` (diffusers'
-  default ``linspace`` layout: the ODE stops at t = T/N and jumps to the data with the denoiser) and ``optimized``
-  (:func:`scoresde.solvers.optimize_grid` per solver and budget on a calibration batch of 64 *other* seeds, search
-  ≤ 200× the budget in NFE; the runs are scored on held-out seeds);
+  the registry that sees a ``TimeGrid``) and iPNDM with ``variable_step=true`` (``ipndm_variable``), each on the
+  grids ``karras`` (ρ = 7), ``logsnr``, ``stop_early`` (diffusers' default ``linspace`` layout: the ODE stops at
+  t = T/N and jumps to the data with the denoiser) and ``optimized`` (:func:`scoresde.solvers.optimize_grid` per
+  solver and budget on a calibration batch of 256 *other* seeds, search ≤ 200× the budget in NFE; the runs are
+  scored on held-out seeds);
 * every deterministic peer on its own default grid and on Karras σ's: k-diffusion's ``euler heun dpmpp_2m lms``
   and ``dpmpp_3m_sde`` at η = 0 (Karras σ's, k-diffusion's own loops), and, on VP where diffusers' discrete
   schedules apply, diffusers' DDIM, Euler, Heun, DPM-Solver++ 2M and 3M, DEIS (tAB3) and UniPC, each on its default
@@ -44,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 SOLVERS = ("euler", "heun", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "deis")
+EXTRA = {  # solver entries with options, added with --extra (default: all)
+    "ipndm_variable": "+solvers.ipndm_variable={name:ipndm,grid:karras,options:{variable_step:true}}",
+}
 GRIDS = ("karras", "logsnr", "stop_early", "optimized")
 PROBLEMS = ("digits", "ring", "grid", "high_dim")
 KDIFFUSION = ("euler", "heun", "dpmpp_2m", "lms", "dpmpp_3m_sde_eta0")
@@ -69,7 +73,7 @@ def bench_command(problem: str, sde: str, args: argparse.Namespace, out: Path) -
                    f"grids=[{','.join(args.grids)}]", f"budgets=[{','.join(map(str, args.budgets))}]",
                    f"peers=[{','.join(peers)}]", f"kdiffusion=[{','.join(KDIFFUSION)}]", "metrics=[rmse]",
                    f"n_samples={args.n_samples}", f"seed={args.seed}", f"threads={args.threads}", "progress=false",
-                   f"out_dir={out}"]
+                   f"out_dir={out}"] + [EXTRA[name] for name in args.extra]
 
 
 def label(row: dict[str, Any]) -> str:
@@ -129,6 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", nargs="+", type=int, default=[5, 6, 8, 10, 15, 20])
     p.add_argument("--solvers", nargs="+", default=list(SOLVERS))
     p.add_argument("--grids", nargs="+", default=list(GRIDS))
+    p.add_argument("--extra", nargs="*", default=list(EXTRA), choices=list(EXTRA),
+                   help="solver entries with options: ipndm_variable = iPNDM with variable-step Adams–Bashforth "
+                        "coefficients (order 4 on any grid)")
     p.add_argument("--n-samples", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
