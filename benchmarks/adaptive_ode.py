@@ -14,6 +14,8 @@ probability-flow ODE (Song et al. 2021, eq. 13) from T to t_min at ``--tols`` (r
 * ``score_sde RK45``: score_sde_pytorch's ``get_ode_sampler`` transcribed: the batch flattened into one float64
   vector, the model called in float32 on ``torch.ones(B) * t``, ``scipy.integrate.solve_ivp(ode_func, (T, t_min),
   x, rtol=tol, atol=tol, method="RK45")``, the result cast to float32 (no denoising step in any row);
+  ``--dtype float64`` runs every model call in float64 instead (score_sde's float32 cast becomes a float64 one), which
+  takes the model's float32 round-off out of the comparison;
 
 against a reference by torchdiffeq's dopri8 at rtol = atol = ``--ref-tol`` (1e-10) in float64 (the float64 model),
 checked against dopri5 at the same tolerance. Reported per row: NFE counted by ``scoresde.CountingModel`` around
@@ -65,18 +67,19 @@ def make_model(tb: sd.GaussianMixture, sde: sd.SDE, prediction: str) -> sd.Score
 
 
 def score_sde_rk45(model: sd.ScoreModel, x_T: Tensor, tol: float) -> tuple[Tensor, dict]:
-    """score_sde_pytorch's ``get_ode_sampler`` (sampling.py), without its optional denoising step."""
+    """score_sde_pytorch's ``get_ode_sampler`` (sampling.py), without its optional denoising step; the model runs in
+    x_T's dtype (score_sde casts to float32, which is x_T's dtype unless ``--dtype float64``)."""
     sde, shape = model.sde, tuple(x_T.shape)
     flow = sd.ProbabilityFlowODE(sde, model.score)
 
     def ode_func(t: float, x: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(x.reshape(shape)).to(x_T.device).type(torch.float32)
-        vec_t = torch.ones(shape[0], device=x.device) * t
+        x = torch.from_numpy(x.reshape(shape)).to(x_T.device).type(x_T.dtype)  # score_sde: torch.float32
+        vec_t = torch.ones(shape[0], device=x.device, dtype=x_T.dtype) * t
         return flow.drift(x, vec_t).detach().cpu().numpy().reshape((-1,))
 
     solution = integrate.solve_ivp(ode_func, (sde.T, sde.t_min), x_T.detach().cpu().numpy().reshape((-1,)),
                                    rtol=tol, atol=tol, method="RK45")
-    x = torch.tensor(solution.y[:, -1]).reshape(shape).to(x_T.device).type(torch.float32)
+    x = torch.tensor(solution.y[:, -1]).reshape(shape).to(x_T.device).type(x_T.dtype)
     return x, {"nfev": int(solution.nfev), "accepted": len(solution.t) - 1}
 
 
@@ -126,7 +129,7 @@ def measure(args: argparse.Namespace) -> dict:
         shape = (args.batch, *tb.event_shape)
         model = make_model(tb, sde, args.prediction)
         noise = sd.solvers.make_noise(seed, args.batch, torch.device("cpu"), None)
-        x_T = sde.prior_sample(shape, noise=noise(torch.empty(shape, dtype=torch.float32)))
+        x_T = sde.prior_sample(shape, noise=noise(torch.empty(shape, dtype=getattr(torch, args.dtype))))
         ref, ref_check = reference(tb, sde, x_T, args.ref_tol)
         spread = float(ref.std())
         for tol in args.tols:
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one x_T per seed (sample i: seed + i)")
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT digits only")
     p.add_argument("--prediction", choices=["x0", "score"], default="x0")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="x_T's and the model's dtype")
     p.add_argument("--ref-tol", type=float, default=1e-10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nReference: dopri8 at {args.ref_tol:g} in float64; its distance to dopri5 at the same tolerance "
           f"(/ spread): {', '.join(checks)}")
     print(f"Problem: digits ideal denoiser ({args.prediction}-prediction, limit {args.limit}), batch {args.batch}, "
-          f"seeds {args.seeds}; torch {torch.__version__}, {date.today()}")
+          f"seeds {args.seeds}, model in {args.dtype}; torch {torch.__version__}, {date.today()}")
     print(f"Machine: {platform.processor() or platform.machine()}, {conditions.describe()}")
     if args.out:
         with open(args.out, "w") as f:
