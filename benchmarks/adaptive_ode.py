@@ -143,7 +143,8 @@ def measure(args: argparse.Namespace) -> dict:
                     times[label].append(sw.seconds)
                     if r == 0:
                         error = float((x.double() - ref).pow(2).mean().sqrt()) / spread
-                        rows.append({"sde": sde_name, "seed": seed, "tol": tol, "solver": label, "nfe": model.nfe, **stats,
+                        rows.append({"sde": sde_name, "seed": seed, "tol": tol, "solver": label, "nfe": model.nfe,
+                                     **stats,
                                      "error": error, "ref_check": ref_check})
             for row in rows:
                 if (row["sde"], row["seed"], row["tol"]) == (sde_name, seed, tol):
@@ -166,8 +167,9 @@ def verdicts(rows: list[dict], slack: float = 1.05) -> str:
     """Per SDE and tolerance: in how many runs scoresde's ode took ≤ scipy's NFE, and had ≤ its error (× slack)."""
     out = []
     for sde_name, tol in sorted({(r["sde"], r["tol"]) for r in rows}):
+        key = lambda r: (r["sde"], r["seed"], r["tol"])  # noqa: E731
         pairs = [(r, s) for r in rows for s in rows if r["solver"] == "scoresde ode"
-                 and s["solver"].startswith("score_sde") and (r["sde"], r["seed"], r["tol"]) == (s["sde"], s["seed"], s["tol"])
+                 and s["solver"].startswith("score_sde") and key(r) == key(s)
                  and (r["sde"], r["tol"]) == (sde_name, tol)]
         nfe = sum(r["nfe"] <= s["nfe"] for r, s in pairs)
         err = sum(r["error"] <= s["error"] * slack for r, s in pairs)

@@ -20,8 +20,9 @@ error estimator (scipy's ``RK45.E``). With these, on the same float64 state, tor
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
