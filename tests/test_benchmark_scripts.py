@@ -14,6 +14,8 @@ from scoresde.models.pretrained import PRETRAINED, WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
+    "adaptive_ode.py": ["--limit", "50", "--batch", "4", "--tols", "1e-3", "--repeats", "1", "--sdes", "vp",
+                        "--threads", "1"],
     "solver_overhead.py": ["--steps", "3", "--batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
                            "--methods", "ddim", "heun", "--processes", "2"],  # pools two fresh processes
     "train_throughput.py": ["--steps", "1", "--repeats", "2", "--batch", "2", "--warmup", "1", "--threads", "1",
