@@ -3,15 +3,15 @@ that neither scoresde nor diffusers' samplers were written for, sampled by both.
 
 What it trains: ``UNet2DModel(sample_size=28, in/out 1 channel, block_out_channels=(16, 32, 64),
 layers_per_block=1)``, plain ``DownBlock2D``/``UpBlock2D`` with one attention block (``AttnDownBlock2D`` /
-``AttnUpBlock2D``) at the lowest resolution (7×7), 0.69 M parameters (2.8 MB of float32 safetensors). (32, 64, 64)
-took 1.4 s/step on the shared CPU against 0.45 s/step for this size: too few steps for a 50-minute budget. Data: the 60000 Fashion-MNIST training images
-scaled to [-1, 1] (``scoresde.data.load_image_dataset``, ``x/127.5 − 1``). Loss: the ε-loss of Ho et al. 2020,
+``AttnUpBlock2D``) at the lowest resolution (7×7), 686 769 parameters (2.8 MB of float32 safetensors); (32, 64, 64)
+ran at 1.4 s/step on the shared CPU, too few steps for a 50-minute budget. Data: the 60000 Fashion-MNIST training
+images scaled to [-1, 1] (``scoresde.data.load_image_dataset``, ``x/127.5 − 1``). Loss: the ε-loss of Ho et al. 2020,
 Algorithm 1 — ``DDPMScheduler(num_train_timesteps=1000)`` (linear β from 1e-4 to 0.02), t uniform on {0, …, 999},
 ``x_t = scheduler.add_noise(x₀, ε, t)`` (eq. 4: √ᾱ_t·x₀ + √(1−ᾱ_t)·ε) and ``‖ε − ε_θ(x_t, t)‖²`` averaged over
-pixels. Adam (lr 5e-4 after a linear warm-up of 200 steps, gradient norm clipped to 1), batch 64, a fixed seed,
-EMA of the weights (``scoresde.models.EMA``) with diffusers' warm-up (``diffusers.training_utils.EMAModel``
-without ``use_ema_warmup``): β_k = min(0.999, (1 + k)/(10 + k)) at step k, so the average forgets the random
-initialization (a constant 0.999 would keep 0.999^k of it: 5 % after 3000 steps); the EMA weights are saved.
+pixels. Adam (lr 5e-4 after a linear warm-up of 200 steps, gradient norm clipped to 1), batch 64, a fixed seed, EMA
+of the weights (``scoresde.models.EMA``) with diffusers' warm-up (``diffusers.training_utils.EMAModel`` without
+``use_ema_warmup``): β_k = min(0.999, (1 + k)/(10 + k)) at step k, so the average forgets the random initialization
+(a constant 0.999 would keep 0.999^k of it: 5 % after 3000 steps); the EMA weights are saved.
 
 Output: a pipeline-layout directory that ``scoresde.models.external.from_diffusers`` reads —
 ``<out>/unet/`` (``UNet2DModel.save_pretrained``: config.json + safetensors) and ``<out>/scheduler/``
@@ -21,9 +21,12 @@ seconds, losses). The directory is rewritten every ``--save-minutes`` and at the
     python benchmarks/train_diffusers_unet.py --minutes 50 --threads 1 --out benchmarks/models/diffusers_fashion_mnist
     scoresde-sample pretrained=diffusers:benchmarks/models/diffusers_fashion_mnist solver=dpmpp_2m steps=20 n=64
 
-Measured (2-core Intel Xeon CPU, torch 2.13.0+cpu, diffusers 0.42.1, ``--threads 1`` with the other core busy,
-2026-12-04): see ``benchmarks/models/diffusers_fashion_mnist/training.json`` and the section "Your own model: a
-diffusers UNet trained with diffusers' DDPM loss" of benchmarks/RESULTS.md for the steps, time and loss.
+Measured (2-core Intel Xeon CPU, torch 2.13.0+cpu, diffusers 0.42.1, ``--threads 1``, load average 3–4.2 from
+other jobs, 2026-12-04): with ``--minutes 44`` the run was stopped by hand after its 32-minute save: 2183 steps in
+1921.6 s (0.88 s/step), loss 0.051 (mean of the last 100 steps); ``benchmarks/models/diffusers_fashion_mnist/``
+holds it (``training.json``: every 100-step mean). At that point the ε error at t ≈ 999 is still too large for
+σ_max ≈ 157 (most samples saturate; benchmarks/RESULTS.md, "Your own model: a diffusers UNet trained with
+diffusers' DDPM loss").
 """
 from __future__ import annotations
 
@@ -134,7 +137,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     bar = tqdm(total=args.steps, disable=args.quiet, unit="step", dynamic_ncols=True)
     while True:
         elapsed = time.perf_counter() - start
-        if (args.steps is not None and step >= args.steps) or (args.minutes is not None and elapsed >= 60 * args.minutes):
+        out_of_time = args.minutes is not None and elapsed >= 60 * args.minutes
+        if out_of_time or (args.steps is not None and step >= args.steps):
             break
         if pos + args.batch > len(order):  # a new epoch: a new permutation
             order, pos = torch.randperm(len(images), generator=gen), 0
