@@ -154,14 +154,13 @@ def test_real_k_diffusion_samplers_equal_scoresdes_on_the_same_sigmas():
     assert worst < 1e-10
 
 
-def diffusers_3m(model, sde, steps: int, karras: bool, x_T, **options):
-    """diffusers' DPM-Solver++ (order 3) on the VP SDE's 1000-step table, fed the testbed's exact ε at each σ;
-    returns its samples and its σ's."""
+def diffusers_loop(scheduler: str, model, sde, steps: int, x_T, **options):
+    """diffusers' ``scheduler`` on the VP SDE's 1000-step table, fed the testbed's exact ε at each σ; returns its
+    samples and its σ's."""
     diffusers = pytest.importorskip("diffusers")
     betas, _ = sde.ddpm_schedule(1000)
-    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, trained_betas=betas.numpy(),
-                                                  prediction_type="epsilon", algorithm_type="dpmsolver++",
-                                                  solver_order=3, use_karras_sigmas=karras, **options)
+    sched = getattr(diffusers, scheduler)(num_train_timesteps=1000, trained_betas=betas.numpy(),
+                                          prediction_type="epsilon", **options)
     sched.set_timesteps(steps)
     sigmas = torch.tensor(sched.sigmas.numpy(), dtype=torch.float64)
     x = x_T
@@ -169,6 +168,44 @@ def diffusers_3m(model, sde, steps: int, karras: bool, x_T, **options):
         t = torch.full((x.shape[0],), float(sde.t_of_sigma(sigma)), dtype=torch.float64)
         x = sched.step(model.eps(x, t), k, x).prev_sample
     return x, sigmas
+
+
+def diffusers_3m(model, sde, steps: int, karras: bool, x_T, **options):
+    """diffusers' DPM-Solver++ (order 3), its samples and σ's."""
+    return diffusers_loop("DPMSolverMultistepScheduler", model, sde, steps, x_T, algorithm_type="dpmsolver++",
+                          solver_order=3, use_karras_sigmas=karras, **options)
+
+
+def grid_of_sigmas(sde, sigmas):
+    """scoresde's grid on diffusers' σ's (ending at σ = 0); its first σ (discrete step 999) lies at t ≈ 1.0034 > T:
+    the DDPM-grid slack of check_start."""
+    t = torch.cat([sde.t_of_sigma(sigmas[:-1]), sigmas.new_zeros(1)])
+    return dataclasses.replace(grid_from_times(sde, t, ends_at_data=True), kind="ddpm")
+
+
+@pytest.mark.parametrize("steps,karras", [(6, True), (16, False)])
+def test_diffusers_deis_equals_scoresdes_logrho_deis(steps, karras):
+    """diffusers' DEISMultistepScheduler (order 3) extrapolates ε̂ in log ρ and integrates over ρ = σ in closed
+    form; scoresde's ``deis`` with ``basis="logrho"`` is that method, and with ``lower_order_final=False`` the two
+    agree on the same σ's to diffusers' float32 coefficients. diffusers' DEIS ends at σ_min, not at the data (on
+    Karras σ's its last σ repeats σ_min: a zero-length step whose evaluation is spent for nothing), so scoresde's
+    grid is its σ's without the repeat and without the step to the data. The paper's tAB basis differs
+    (gap > 1e-3)."""
+    sde = sd.VPSDE()
+    model = sd.get_testbed("ring").model(sde)
+    x_T = torch.randn(128, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theirs, sigmas = diffusers_loop("DEISMultistepScheduler", model, sde, steps, x_T, solver_order=3,
+                                    use_karras_sigmas=karras, lower_order_final=False)
+    kept = sigmas[:-1] if float(sigmas[-1]) == float(sigmas[-2]) else sigmas  # Karras σ's repeat σ_min
+    assert float(kept[-1]) > 0
+    grid = dataclasses.replace(grid_from_times(sde, sde.t_of_sigma(kept), ends_at_data=False), kind="ddpm")
+    nfe = len(kept) - 1
+    model.reset_nfe()
+    ours = sd.sample(model, "deis", grid=grid, x_T=x_T, basis="logrho")
+    assert model.nfe == nfe
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=2e-5)  # diffusers' float32 σ's and coefficients
+    tab = sd.sample(model, "deis", grid=grid, x_T=x_T)
+    assert (tab - theirs).abs().max().item() > 1e-3
 
 
 @pytest.mark.parametrize("steps,karras", [(6, False), (6, True), (16, False), (16, True)])
@@ -184,9 +221,7 @@ def test_diffusers_dpmpp_3m_equals_scoresdes_without_its_warm_start_and_final_ch
     x_T = torch.randn(128, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     theirs, sigmas = diffusers_3m(model, sde, steps, karras, x_T, solver_type="heun", lower_order_final=False)
     assert float(sigmas[-1]) == 0.0
-    t = torch.cat([sde.t_of_sigma(sigmas[:-1]), sigmas.new_zeros(1)])
-    # diffusers' first σ (discrete step 999) lies at t ≈ 1.0034 > T: the DDPM-grid slack of check_start
-    grid = dataclasses.replace(grid_from_times(sde, t, ends_at_data=True), kind="ddpm")
+    grid = grid_of_sigmas(sde, sigmas)
     model.reset_nfe()
     ours = sd.sample(model, "dpmpp_3m", grid=grid, x_T=x_T)
     assert model.nfe == steps

@@ -2,13 +2,16 @@
 the exponential integrator with polynomial extrapolation of ε̂, multistep (tAB-DEIS and ρAB-DEIS)."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from torch import Tensor
 
 from scoresde.solvers.base import StepContext, register
 from scoresde.solvers.multistep import adams_bashforth_weights, combine, remember, sigma_integrals
 from scoresde.solvers.sigma_term import SigmaSolver
 
-BASES = ("t", "rho")
+BASES = ("t", "rho", "logrho")
 
 
 @register
@@ -26,8 +29,12 @@ class DEIS(SigmaSolver):
     SDE's own time t: the weights are integrated by 32-point Gauss–Legendre in log σ with t(σ) from the SDE
     (see :func:`~scoresde.solvers.multistep.sigma_integrals`), computed once per step on the CPU.
     ``basis="rho"`` (ρAB-DEIS) extrapolates in ρ = σ: the weights are Adams–Bashforth's for the actual steps,
-    integrated in closed form (iPNDM's variable-step weights, orders up to 3). The first steps use lower orders
-    (the paper's warm start); a step into σ = 0 is Euler's, x̂ ← D(x̂; σ_i). Global order ``order``.
+    integrated in closed form (iPNDM's variable-step weights, orders up to 3). ``basis="logrho"`` extrapolates in
+    log ρ = log σ and integrates over σ (``∫ ℓ_j(log σ') dσ'``, the same Gauss–Legendre rule, exact here up to
+    round-off since ℓ_j(u)·e^u is entire): the DEIS of diffusers' ``DEISMultistepScheduler`` (its ``ind_fn`` is
+    that integral in closed form), which scoresde's ``deis`` then equals on the same σ's with
+    ``lower_order_final=False`` (diffusers lowers the last steps' order below 15 steps). The first steps use lower
+    orders (the paper's warm start); a step into σ = 0 is Euler's, x̂ ← D(x̂; σ_i). Global order ``order``.
     """
 
     name = "deis"
@@ -52,6 +59,8 @@ class DEIS(SigmaSolver):
             return x_hat - sigma * history[0][0]  # Euler into the data: D(x̂; σ_i)
         if self.basis == "t":
             weights = sigma_integrals([t for _, t, _ in history], sigma, sigma_next, term.t_of_sigma)
+        elif self.basis == "logrho":
+            weights = sigma_integrals([math.log(s) for _, _, s in history], sigma, sigma_next, np.log)
         else:
             step = sigma_next - sigma
             weights = [step * w for w in adams_bashforth_weights([(s - sigma) / step for _, _, s in history])]
