@@ -9,7 +9,7 @@ Gaussians, a 64-dimensional mixture of 10 Gaussians) and each SDE (EDM's σ-spac
 
 * scoresde solvers ``euler heun ddim dpmpp_2m dpmpp_3m unipc ipndm deis`` (every deterministic fixed-grid solver of
   the registry that sees a ``TimeGrid``), iPNDM with ``variable_step=true`` (``ipndm_variable``) and DEIS with
-  ``basis=logrho`` (``deis_logrho``, diffusers' DEIS), each on the
+  ``basis=logrho, lower_order_final=true`` (``deis_logrho``, diffusers' DEIS), each on the
   grids ``karras`` (ρ = 7), ``logsnr``, ``stop_early`` (diffusers' default ``linspace`` layout: the ODE stops at
   t = T/N and jumps to the data with the denoiser) and ``optimized`` (:func:`scoresde.solvers.optimize_grid` per
   solver and budget on a calibration batch of 256 *other* seeds, search ≤ 200× the budget in NFE; the runs are
@@ -50,7 +50,7 @@ from typing import Any
 SOLVERS = ("euler", "heun", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "deis")
 EXTRA = {  # solver entries with options, added with --extra (default: all)
     "ipndm_variable": "+solvers.ipndm_variable={name:ipndm,grid:karras,options:{variable_step:true}}",
-    "deis_logrho": "+solvers.deis_logrho={name:deis,grid:karras,options:{basis:logrho}}",
+    "deis_logrho": "+solvers.deis_logrho={name:deis,grid:karras,options:{basis:logrho,lower_order_final:true}}",
 }
 GRIDS = ("karras", "logsnr", "stop_early", "optimized")
 PROBLEMS = ("digits", "ring", "grid", "high_dim")
@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grids", nargs="+", default=list(GRIDS))
     p.add_argument("--extra", nargs="*", default=list(EXTRA), choices=list(EXTRA),
                    help="solver entries with options: ipndm_variable = iPNDM with variable-step Adams–Bashforth "
-                        "coefficients (order 4 on any grid); deis_logrho = DEIS extrapolating in log σ (diffusers')")
+                        "coefficients (order 4 on any grid); deis_logrho = DEIS extrapolating in log σ with diffusers' lower_order_final (diffusers' DEIS)")
     p.add_argument("--n-samples", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

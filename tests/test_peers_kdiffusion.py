@@ -229,3 +229,19 @@ def test_diffusers_dpmpp_3m_equals_scoresdes_without_its_warm_start_and_final_ch
     default, _ = diffusers_3m(model, sde, steps, karras, x_T)
     gap = (default - ours).abs().max().item()
     assert gap > 1e-2 if steps < 15 else gap < 1e-5  # lower_order_final acts below 15 steps only
+
+
+def test_diffusers_deis_lower_order_final_equals_scoresdes():
+    """With its default ``lower_order_final`` (below 15 steps: order 1 on the last step, ≤ 2 on the one before),
+    diffusers' DEIS on its default timesteps (which end at σ_min without a repeat) equals scoresde's logrho DEIS
+    with ``lower_order_final=True``; without it scoresde's differs."""
+    sde = sd.VPSDE()
+    model = sd.get_testbed("ring").model(sde)
+    x_T = torch.randn(128, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    theirs, sigmas = diffusers_loop("DEISMultistepScheduler", model, sde, 8, x_T, solver_order=3)
+    assert float(sigmas[-1]) != float(sigmas[-2]) and float(sigmas[-1]) > 0
+    grid = dataclasses.replace(grid_from_times(sde, sde.t_of_sigma(sigmas), ends_at_data=False), kind="ddpm")
+    ours = sd.sample(model, "deis", grid=grid, x_T=x_T, basis="logrho", lower_order_final=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=2e-5)
+    plain = sd.sample(model, "deis", grid=grid, x_T=x_T, basis="logrho")
+    assert (plain - theirs).abs().max().item() > 1e-4
