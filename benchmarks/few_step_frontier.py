@@ -155,7 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grids", nargs="+", default=list(GRIDS))
     p.add_argument("--extra", nargs="*", default=list(EXTRA), choices=list(EXTRA),
                    help="solver entries with options: ipndm_variable = iPNDM with variable-step Adams–Bashforth "
-                        "coefficients (order 4 on any grid); deis_logrho = DEIS extrapolating in log σ with diffusers' lower_order_final (diffusers' DEIS)")
+                        "coefficients (order 4 on any grid); deis_logrho = DEIS extrapolating in log σ with "
+                        "diffusers' lower_order_final (diffusers' DEIS)")
     p.add_argument("--n-samples", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
