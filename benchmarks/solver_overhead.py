@@ -33,10 +33,11 @@ by default):
 * ``model``     — the model calls alone (as many as scoresde's NFE), the floor of any sampler.
 
 Every implementation is timed end to end by :mod:`scoresde.bench.timing`: the torch thread count is pinned
-(``--threads``, else torch's default, recorded) and denormals are flushed where the CPU supports it (the output
-says so); every implementation gets the same x_T, allocated once outside the timed region; after ``--warmup``
-untimed rounds, ``--repeats`` rounds each run every implementation once, interleaved and rotated (A B C, B C A, …),
-so a slow drift or a burst of other jobs hits all of them alike (CUDA: events and ``torch.cuda.synchronize()``).
+(``--threads``, default 1; 0 keeps torch's default, recorded) and denormals are flushed where the CPU supports it
+(the output says so); every implementation gets the same x_T, allocated once outside the timed region; after
+``--warmup`` untimed rounds, ``--repeats`` rounds each run every implementation once, interleaved and rotated
+(A B C, B C A, …), so a slow drift or a burst of other jobs hits all of them alike (CUDA: events and
+``torch.cuda.synchronize()``); all of that in ``--processes`` fresh processes (default 3), rounds pooled.
 Each figure is the median and interquartile range (IQR) over the rounds; a ratio is the median and IQR of the
 *paired* ratios (the two implementations' times in the same round), and a yes/no against a target becomes
 "not resolved" when the ratio's IQR straddles the target. The load average before and after is printed.
@@ -61,16 +62,16 @@ How to run
     python benchmarks/solver_overhead.py                          # CPU, 50 steps, batch 64
     python benchmarks/solver_overhead.py --device cuda --out results/overhead_cuda.json
     python benchmarks/solver_overhead.py --steps 20 --batch 16 --repeats 21 --methods ddim heun
-    for i in 1 2 3; do python benchmarks/solver_overhead.py --threads 1 --out run$i.json; done
+    for i in 1 2 3; do python benchmarks/solver_overhead.py --out run$i.json; done
     python benchmarks/solver_overhead.py --agree run1.json run2.json run3.json --write README.md
 
 diffusers is optional (``pip install diffusers``); without it the diffusers columns read "n/a".
 On CPU, glibc returns freed large blocks to the OS, and every fresh page of a new full-size
 temporary then page-faults: that can cost as much as the arithmetic and depends on the exact order
 of allocations, so it moves any of the three implementations by tens of percent from run to run.
-The page faults per step are in the JSON; ``--keep-memory`` switches the trimming off (``mallopt``)
-for steadier numbers. On a machine shared with other jobs, intra-op threads wait on one another and
-the timings scatter widely; ``--threads 1`` is then the steadier view.
+The page faults per step are in the JSON; the trimming is switched off by default (``mallopt``,
+``--no-keep-memory`` to keep it) for steadier numbers. With more than one thread on a machine shared with other
+jobs, intra-op threads wait on one another and the timings scatter widely: hence one thread by default.
 """
 from __future__ import annotations
 
@@ -452,10 +453,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=21, help="timed interleaved rounds (default 21)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's default, recorded); 1 is steadier on a busy machine")
-    p.add_argument("--keep-memory", action="store_true",
-                   help="glibc: keep freed memory (no page faults on new temporaries; steadier CPU timings)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads (default 1: one core per implementation, steady on a shared machine; "
+                        "0: torch's default, recorded)")
+    p.add_argument("--keep-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="glibc keeps freed memory (mallopt; default on): no page faults on new temporaries, whose "
+                        "count otherwise moves a run by tens of percent; --no-keep-memory to measure with them")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers even if importable")
     p.add_argument("--processes", type=int, default=3,
                    help="fresh Python processes run one after another, their rounds pooled (default 3; 1: this "
@@ -477,7 +480,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return None
-    conditions = pin_conditions(args.threads, device)
+    conditions = pin_conditions(args.threads or None, device)
     kept = keep_freed_memory() if args.keep_memory else False
     if args.keep_memory and not kept:
         print("# --keep-memory: mallopt is not available here; timings include page faults", file=sys.stderr)
@@ -499,9 +502,8 @@ def worker_argv(args: argparse.Namespace, out: Path) -> list[str]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--steps", str(args.steps),
             "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
             "--methods", *args.methods, "--processes", "1", "--out", str(out)]
-    if args.threads is not None:
-        argv += ["--threads", str(args.threads)]
-    argv += ["--keep-memory"] * args.keep_memory + ["--no-diffusers"] * args.no_diffusers
+    argv += ["--threads", str(args.threads), "--keep-memory" if args.keep_memory else "--no-keep-memory"]
+    argv += ["--no-diffusers"] * args.no_diffusers
     return argv
 
 
