@@ -37,7 +37,8 @@ Every implementation is timed end to end by :mod:`scoresde.bench.timing`: the to
 (the output says so); every implementation gets the same x_T, allocated once outside the timed region; after
 ``--warmup`` untimed rounds, ``--repeats`` rounds each run every implementation once, interleaved and rotated
 (A B C, B C A, …), so a slow drift or a burst of other jobs hits all of them alike (CUDA: events and
-``torch.cuda.synchronize()``); all of that in ``--processes`` fresh processes (default 3), rounds pooled.
+``torch.cuda.synchronize()``); all of that in ``--processes`` fresh processes (default 11, 7 rounds each),
+rounds pooled.
 Each figure is the median and interquartile range (IQR) over the rounds; a ratio is the median and IQR of the
 *paired* ratios (the two implementations' times in the same round), and a yes/no against a target becomes
 "not resolved" when the ratio's IQR straddles the target. The load average before and after is printed.
@@ -450,7 +451,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
     p.add_argument("--steps", type=int, default=50, help="solver steps (default 50)")
     p.add_argument("--batch", type=int, default=64, help="batch size of the 3×32×32 images (default 64)")
-    p.add_argument("--repeats", type=int, default=21, help="timed interleaved rounds (default 21)")
+    p.add_argument("--repeats", type=int, default=7, help="timed interleaved rounds per process (default 7)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--threads", type=int, default=1,
@@ -460,8 +461,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="glibc keeps freed memory (mallopt; default on): no page faults on new temporaries, whose "
                         "count otherwise moves a run by tens of percent; --no-keep-memory to measure with them")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers even if importable")
-    p.add_argument("--processes", type=int, default=3,
-                   help="fresh Python processes run one after another, their rounds pooled (default 3; 1: this "
+    p.add_argument("--processes", type=int, default=11,
+                   help="fresh Python processes run one after another, their rounds pooled (default 11; 1: this "
                         "process only). Process-to-process differences are part of the reported spread")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--agree", type=Path, nargs="+", default=None, metavar="JSON",
