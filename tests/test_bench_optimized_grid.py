@@ -123,6 +123,9 @@ def test_the_app_writes_the_found_grid_to_bench_json(tmp_path):
     assert opt["nfe"] == 4 and opt["grid_search"]["search_nfe"] > 0
     text = (tmp_path / "bench.md").read_text()
     assert "| dpmpp_2m@optimized | 4 | 4 |" in text and "Optimized grids" in text
+    search = opt["grid_search"]  # 8 calibration samples: 2 validation rows (the default share 0.25)
+    assert search["validation_batch"] == 2 and search["kept"] in ("search", "start")
+    assert ("(search)" in text) == (search["kept"] == "search") and "validation rows" in text
     path = tmp_path / "grid.json"  # the reported grid is a saved grid: grid=path.json samples on it
     path.write_text(json.dumps(found))
     assert torch.equal(load_grid(scoresde.VPSDE(), str(path)).sigma, torch.tensor(found["sigma"],
@@ -137,6 +140,8 @@ def test_the_app_writes_the_found_grid_to_bench_json(tmp_path):
     (["solver=[euler]", "grids=[optimised]"], ["grids", "optimized"]),
     (["solver=[euler]", "grids=[optimized]", "grid_search_budget=0"], ["grid_search_budget"]),
     (["solver=[euler]", "grids=[optimized]", "grid_search_batch=abc"], ["grid_search_batch"]),
+    (["solver=[euler]", "grids=[optimized]", "grid_search_validation=1.0"], ["grid_search_validation", "[0, 1)"]),
+    (["solver=[euler]", "grids=[optimized]", "grid_search_validation=-0.5"], ["grid_search_validation"]),
 ])
 def test_refused_cases_are_one_line_errors(args, needles, tmp_path, capsys, monkeypatch):
     code, err = run_console(bench_app.main, [*TINY, f"out_dir={tmp_path / 'out'}", *args], capsys, monkeypatch,

@@ -101,3 +101,43 @@ def test_rejects_what_it_cannot_optimize():
         optimize_grid(model, "ode", 6, (8, 2))
     with pytest.raises(ValueError, match="method must be one of"):
         optimize_grid(model, "euler", 6, (8, 2), method="BFGS")
+
+
+def test_validation_rows_guard_against_overfitting():
+    """The search fits the first rows of the calibration batch only; its grid is kept only if it also beats the start
+    grid on the last rows, which it never fitted. With one fit row against 63 validation rows the search overfits
+    that row: its grid loses on the others and the start grid is returned."""
+    sde = sd.EDMSDE()
+    model = sd.get_testbed("ring").model(sde)
+    x_T = _draw(sde, 64, 5)
+    reference = reference_solution(model, x_T, True)
+    info: dict = {}
+    found = optimize_grid(model, "dpmpp_2m", 6, calib=x_T, reference=reference, validation=0.25, budget=60, info=info)
+    assert info["validation_batch"] == 16 and info["batch"] == 64
+    per_row = (sd.sample(model, "dpmpp_2m", grid=found, x_T=x_T) - reference).pow(2).mean(dim=1)
+    assert info["fit_error"] == pytest.approx(per_row[:48].mean().sqrt().item(), rel=1e-9)
+    assert info["validation_error"] == pytest.approx(per_row[48:].mean().sqrt().item(), rel=1e-9)
+    assert info["calib_error"] == pytest.approx(per_row.mean().sqrt().item(), rel=1e-9)
+    assert info["kept"] == "search" and info["validation_error"] < info["start_validation_error"]
+
+    # one fit row, 63 validation rows: iPNDM's search from x_T seed 7 lowers the fit row's error (0.0186 → 0.0089)
+    # but raises the others' (0.1179 → 0.1207): the start grid comes back
+    x_T = _draw(sde, 64, 7)
+    reference = reference_solution(model, x_T, True)
+    tiny: dict = {}
+    kept = optimize_grid(model, "ipndm", 5, calib=x_T, reference=reference, validation=63 / 64, budget=60, info=tiny)
+    assert tiny["validation_batch"] == 63 and tiny["searched_fit_error"] < 0.6 * tiny["start_fit_error"]
+    assert tiny["searched_validation_error"] > tiny["start_validation_error"]
+    assert tiny["kept"] == "start" and tiny["validation_error"] == tiny["start_validation_error"]
+    assert torch.equal(kept.t, budget_grid(sd.get_solver("ipndm"), sde, 5, tiny["start"], True).t)
+    no_guard: dict = {}
+    unguarded = optimize_grid(model, "ipndm", 5, calib=x_T[:1], reference=reference[:1], validation=0, budget=60,
+                              info=no_guard)
+    assert no_guard["kept"] == "search" and not torch.equal(unguarded.t, kept.t)  # the fit alone keeps the search
+
+
+def test_validation_share_is_checked():
+    model = sd.get_testbed("ring").model(sd.VPSDE())
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="validation must be a share"):
+            optimize_grid(model, "euler", 6, (8, 2), validation=bad)

@@ -26,8 +26,9 @@ from scoresde.bench.problems import Problem
 from scoresde.solvers.grid_search import NAMED_GRIDS, optimize_grid
 from scoresde.solvers.grids import grid_to_dict
 
-KEPT = ("start", "named_errors", "start_error", "calib_error", "evaluations", "search_nfe", "measured_search_nfe",
-        "method", "batch")
+KEPT = ("start", "named_errors", "start_error", "calib_error", "fit_error", "start_fit_error", "validation_error",
+        "start_validation_error", "searched_fit_error", "searched_validation_error", "kept", "validation_batch",
+        "evaluations", "search_nfe", "measured_search_nfe", "method", "batch")
 
 
 def screened_grids(rho: float) -> tuple[str, ...]:
@@ -80,7 +81,8 @@ class GridSearches:
         start = time.perf_counter()
         grid = optimize_grid(self.problem.model, run.solver, nfe, calib=self.x_T, reference=reference,
                              denoise=run.end[1], grids=screened_grids(self.settings.rho),
-                             budget=self.settings.grid_search_budget, info=info)
+                             budget=self.settings.grid_search_budget,
+                             validation=self.settings.grid_search_validation, info=info)
         seconds = time.perf_counter() - start
         ref_info = self.references[run.end][1]
         seeds = self.settings.calibration_seeds

@@ -44,6 +44,8 @@ class SweepSettings:
         floor_draws: exact sample sets each metric's floor averages over.
         grid_search_budget: the ``optimized`` grid's search cost bound in units of the run's NFE.
         grid_search_batch: samples in the ``optimized`` grid's calibration batch (seeds after the sweep's own).
+        grid_search_validation: the share of the calibration batch the search holds out to check its grid against
+            the named grid it started from (``optimize_grid``'s ``validation``).
     """
 
     budgets: tuple[int, ...] = (10, 20, 50)
@@ -63,6 +65,7 @@ class SweepSettings:
     floor_draws: int = 4
     grid_search_budget: float = 200.0
     grid_search_batch: int = 256
+    grid_search_validation: float = 0.25
 
     def __post_init__(self) -> None:
         if self.n_samples < 2:
@@ -84,6 +87,8 @@ class SweepSettings:
             raise ValueError(f"grid_search_budget must be a positive number, got {self.grid_search_budget}")
         if self.grid_search_batch < 1:
             raise ValueError(f"grid_search_batch must be a positive integer, got {self.grid_search_batch}")
+        if not 0.0 <= self.grid_search_validation < 1.0:
+            raise ValueError(f"grid_search_validation must be a share in [0, 1), got {self.grid_search_validation}")
 
     @property
     def seeds(self) -> list[int]:

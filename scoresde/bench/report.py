@@ -112,6 +112,14 @@ def runs_table(result: dict[str, Any]) -> list[str]:
     return _table(["solver", "steps", "NFE", "time [s]", "samples/s", "RMSE", "SW2", "MMD²", "NLL", "FD"], lines)
 
 
+def validation_cell(search: dict[str, Any]) -> str:
+    """The validation rows' RMSE of the start grid and of the searched grid, and which grid was kept."""
+    start, searched = search.get("start_validation_error"), search.get("searched_validation_error")
+    if start is None or searched is None:
+        return "-"
+    return f"{start:.2e} → {searched:.2e} ({search.get('kept', '?')})"
+
+
 def searches_table(result: dict[str, Any]) -> list[str]:
     """The optimized grids of one problem (rows with a ``grid_search`` record): the named grid each search started
     from, calibration and held-out RMSE, the search's cost (apart from the run's NFE and time) and the σ's found."""
@@ -122,16 +130,18 @@ def searches_table(result: dict[str, Any]) -> list[str]:
             continue
         sigmas = ", ".join(f"{v:.3g}" for v in s["found"]["sigma"])
         lines.append([series_name(r), str(r["nfe"]), s["start"], f"{s['start_calib_rmse']:.2e}",
-                      f"{s['calib_rmse']:.2e}", _fmt(s["heldout_rmse"], ".2e"),
+                      f"{s['calib_rmse']:.2e}", validation_cell(s), _fmt(s["heldout_rmse"], ".2e"),
                       f"{s['search_nfe']}" + (" (reused)" if s["reused"] else ""), f"{s['search_s']:.1f}", sigmas])
     if not lines:
         return []
     calib = result.get("calibration") or {}
     ref = ", ".join(f"NFE {i['nfe']}, {i['time_s']:.2f} s" for i in calib.get("reference", []))
     return (["", f"Optimized grids (calibration batch of {calib.get('batch')} samples, seeds {calib.get('seeds')}, "
-             f"disjoint from the runs'; search budget {calib.get('budget'):g}× the NFE; calibration reference: "
+             f"disjoint from the runs', the last {calib.get('validation', 0):g} of it validation rows the search "
+             f"never fits; search budget {calib.get('budget'):g}× the NFE; calibration reference: "
              f"{ref}; none of it counted in the runs' NFE or time):", ""]
-            + _table(["solver", "NFE", "started from", "start calib RMSE", "calib RMSE", "held-out RMSE",
+            + _table(["solver", "NFE", "started from", "start calib RMSE", "calib RMSE",
+                      "validation: start → searched (kept)", "held-out RMSE",
                       "search NFE", "search [s]", "σ's"], lines))
 
 

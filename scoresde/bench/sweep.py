@@ -233,6 +233,7 @@ def calibration(searches: GridSearches, settings: SweepSettings) -> dict[str, An
         return None
     seeds = settings.calibration_seeds
     return {"seeds": [seeds[0], seeds[-1]], "batch": len(seeds), "budget": settings.grid_search_budget,
+            "validation": settings.grid_search_validation,
             "searches": len(searches.searches), "reference": [info for _, info in searches.references.values()]}
 
 

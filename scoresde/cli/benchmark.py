@@ -176,7 +176,8 @@ def settings_from(cfg: DictConfig) -> SweepSettings:
         metrics=tuple(metrics), progress=bool_option(cfg, "progress", True), noise=noise,
         floor_draws=int_option(cfg, "floor_draws", 4, minimum=2),
         grid_search_budget=float_option(cfg, "grid_search_budget", 200.0, minimum=0.0, open_below=True),
-        grid_search_batch=int_option(cfg, "grid_search_batch", 256, minimum=1))
+        grid_search_batch=int_option(cfg, "grid_search_batch", 256, minimum=1),
+        grid_search_validation=float_option(cfg, "grid_search_validation", 0.25, minimum=0.0, maximum=1.0))
 
 
 def reference_options(cfg: DictConfig) -> dict[str, Any]:

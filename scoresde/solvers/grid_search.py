@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,45 @@ def reference_solution(model: ScoreModel, x_T: Tensor, ends_at_data: bool, rtol:
     return ode.sample(model, x_T, grid_from_times(sde, t, "reference", ends_at_data))
 
 
+@dataclass(frozen=True)
+class Rows:
+    """The calibration batch's split: the first ``fit`` rows are searched on, the last ``validation`` rows are not."""
+
+    fit: int
+    validation: int
+
+
+def split_rows(batch: int, validation: float) -> Rows:
+    """``round(validation·batch)`` validation rows, at least one when ``validation`` > 0 and the batch has two rows,
+    and always at least one fit row."""
+    held = min(max(round(validation * batch), 1 if validation > 0 else 0), batch - 1) if batch > 1 else 0
+    return Rows(batch - held, held)
+
+
+@dataclass(frozen=True)
+class Errors:
+    """RMS errors of one solve of the calibration batch: on the fit rows, the validation rows and all of them
+    (non-finite samples count as an infinite error)."""
+
+    fit: float
+    validation: float
+    all: float
+
+    @property
+    def validation_rmse(self) -> float | None:
+        return None if math.isnan(self.validation) else self.validation
+
+    @staticmethod
+    def of(x: Tensor, reference: Tensor, rows: Rows) -> Errors:
+        sq = (x - reference).double().pow(2).reshape(x.shape[0], -1).mean(dim=1)
+        sq = torch.where(torch.isfinite(sq), sq, torch.full_like(sq, math.inf))
+
+        def rmse(part: Tensor) -> float:
+            return part.mean().sqrt().item() if part.numel() else math.nan
+
+        return Errors(rmse(sq[: rows.fit]), rmse(sq[rows.fit:]), rmse(sq))
+
+
 COARSE = 4  # smooth directions of the first search stage
 
 
@@ -117,7 +157,7 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
                   reference: Tensor | None = None, calib: Tensor | None = None, seed: int = 0,
                   denoise: bool = True, grids: Sequence[str] = NAMED_GRIDS, budget: float = 200.0,
                   method: str = "Nelder-Mead", rtol: float = 1e-8, dtype: torch.dtype = torch.float64,
-                  info: dict | None = None, **solver_options: Any) -> TimeGrid:
+                  validation: float = 0.25, info: dict | None = None, **solver_options: Any) -> TimeGrid:
     """The grid for ``solver`` at ``nfe`` network evaluations that minimises the RMS error to the ODE solution.
 
     Args:
@@ -138,11 +178,20 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
             fine: half the evaluations along :data:`COARSE` smooth directions (:func:`coarse_basis`: hat functions
             over the step index, so a 20-step grid is first bent as a whole, where a 20-dimensional simplex would
             spend its budget on its first few moves), the rest on every logit from the best point found.
-        info: a dict to fill with the start grid, calibration errors, evaluations and NFE spent.
+        validation: the share of the calibration batch (its last rows) the search never fits: the start grid is the
+            named grid best on the other rows (the *fit* rows), the search minimises the error on the fit rows only,
+            and its grid is returned only if it is also better than the start grid on the validation rows; else the
+            start grid is (a guard against overfitting: on sharp-mode problems a search on a few hundred samples can
+            fit which of them cross between modes, and lose on samples it never saw). 0 fits the whole batch and keeps
+            the found grid whenever it beats the start on it. Each run is still one solve of the whole batch, so the
+            split costs no evaluation.
+        info: a dict to fill with the start grid, calibration errors (whole batch, fit rows, validation rows),
+            evaluations and NFE spent.
 
     The free parameters are the logits z of the increments of log σ between σ(T) and σ(t_min)
-    (:func:`grid_of`): every z gives a strictly decreasing grid. The objective is log RMSE. If the search does
-    not beat the best named grid on the calibration batch, that named grid is returned.
+    (:func:`grid_of`): every z gives a strictly decreasing grid. The objective is log RMSE on the fit rows. If the
+    search does not beat the best named grid on the fit rows (and, with ``validation``, on the validation rows),
+    that named grid is returned.
     """
     solver = get_solver(solver, **solver_options)
     if solver.stochastic or solver.declared_nfe(make_grid(model.sde, 4)) is None:
@@ -150,6 +199,8 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
                          f"{'stochastic' if solver.stochastic else 'adaptive'}")
     if method not in METHODS:
         raise ValueError(f"optimize_grid: method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not 0.0 <= validation < 1.0:  # also refuses NaN
+        raise ValueError(f"optimize_grid: validation must be a share in [0, 1), got {validation}")
     sde = model.sde
     if calib is None:
         if shape is None:
@@ -161,37 +212,45 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
     if reference is None:
         reference = reference_solution(model, calib, denoise, rtol)
     nfe_reference, spent, evals = model.nfe - nfe_start, 0, 0
+    rows = split_rows(int(calib.shape[0]), validation)
 
-    def error(grid: TimeGrid) -> float:
+    def errors(grid: TimeGrid) -> Errors:
         nonlocal spent, evals
         spent, evals = spent + solver.declared_nfe(grid), evals + 1
         with torch.no_grad():
             x = solver.sample(model, calib, grid)
-        value = (x - reference).pow(2).mean().sqrt().item()
-        return value if math.isfinite(value) else math.inf
+        return Errors.of(x, reference, rows)
+
+    def error(grid: TimeGrid) -> float:
+        return errors(grid).fit
 
     log_hi = math.log(float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64))))
     log_lo = math.log(float(sde.sigma(torch.tensor(sde.t_min, dtype=torch.float64))))
-    named = {}
+    named: dict[str, tuple[Errors, TimeGrid]] = {}
     for spec in screening_specs(grids, denoise, log_lo, log_hi):
         grid = budget_grid(solver, sde, nfe, spec, denoise)
         if grid is not None and grid.ends_at_data == denoise:
-            named[spec] = (error(grid), grid)
+            named[spec] = (errors(grid), grid)
     if not named:
         raise ValueError(f"optimize_grid: no grid of {', '.join(grids)} fits {nfe} NFE for {solver.name}")
-    start_kind = min(named, key=lambda k: named[k][0])
-    start_error, start = named[start_kind]
+    start_kind = min(named, key=lambda k: named[k][0].fit)
+    start_errors, start = named[start_kind]
+    start_error = start_errors.fit
     z0 = logits_of(start, log_lo)
     evals_left = int((budget * nfe - spent) // max(solver.declared_nfe(start), 1))
+
+    best = {"z": z0, "errors": start_errors}  # the best point on the fit rows so far, and its errors
 
     def objective(z: np.ndarray) -> float:
         try:
             grid = grid_of(sde, z, log_hi, log_lo, denoise, sde.T, sde.t_min)
         except ValueError:  # σ's no longer strictly decreasing at round-off: not a grid
             return math.inf
-        return math.log(max(error(grid), 1e-300))
+        found = errors(grid)
+        if found.fit < best["errors"].fit:
+            best.update(z=np.array(z, copy=True), errors=found)
+        return math.log(max(found.fit, 1e-300))
 
-    best_z, best = z0, start_error
     basis = coarse_basis(len(z0))
     stages = [(basis, evals_left // 2), (np.eye(len(z0)), evals_left)] if basis.shape[1] < len(z0) else \
         [(basis, evals_left)]
@@ -200,14 +259,20 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
         maxfev = until - (evals - screened)
         if maxfev <= directions.shape[1] + 1:
             break
-        z_from = best_z
-        result = search(lambda c, d=directions, z=z_from: objective(z + d @ c), directions.shape[1], method, maxfev)
-        if math.exp(result.fun) < best:
-            best_z, best = z_from + directions @ result.x, math.exp(result.fun)
-    found = grid_of(sde, best_z, log_hi, log_lo, denoise, sde.T, sde.t_min) if best < start_error else start
+        z_from = best["z"]
+        search(lambda c, d=directions, z=z_from: objective(z + d @ c), directions.shape[1], method, maxfev)
+    searched: Errors = best["errors"]
+    found, found_errors, kept = start, start_errors, "start"
+    if searched.fit < start_error and (rows.validation == 0 or searched.validation < start_errors.validation):
+        found = grid_of(sde, best["z"], log_hi, log_lo, denoise, sde.T, sde.t_min)
+        found_errors, kept = searched, "search"
     if info is not None:
         info.update(solver=solver.name, options=solver.options(), nfe=nfe, steps=found.steps, start=start_kind,
-                    named_errors={k: v[0] for k, v in named.items()}, start_error=start_error, calib_error=best,
+                    named_errors={k: v[0].all for k, v in named.items()}, start_error=start_errors.all,
+                    calib_error=found_errors.all, fit_error=found_errors.fit, start_fit_error=start_error,
+                    validation_error=found_errors.validation_rmse, start_validation_error=start_errors.validation_rmse,
+                    searched_fit_error=searched.fit, searched_validation_error=searched.validation_rmse,
+                    kept=kept, validation_batch=rows.validation,
                     evaluations=evals, search_nfe=spent, measured_search_nfe=model.nfe - nfe_start - nfe_reference,
                     reference_nfe=nfe_reference, method=method, seed=seed, batch=int(calib.shape[0]))
     return found
