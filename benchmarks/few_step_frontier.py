@@ -12,8 +12,9 @@ Gaussians, a 64-dimensional mixture of 10 Gaussians) and each SDE (EDM's σ-spac
   ``basis=logrho, lower_order_final=true`` (``deis_logrho``, diffusers' DEIS), each on the
   grids ``karras`` (ρ = 7), ``logsnr``, ``stop_early`` (diffusers' default ``linspace`` layout: the ODE stops at
   t = T/N and jumps to the data with the denoiser) and ``optimized`` (:func:`scoresde.solvers.optimize_grid` per
-  solver and budget on a calibration batch of 256 *other* seeds, search ≤ 200× the budget in NFE; the runs are
-  scored on held-out seeds);
+  solver and budget on a calibration batch of ``--calib-batch`` (default 256) *other* seeds, search ≤ 200× the
+  budget in NFE, its last quarter held out of the fit to validate the searched grid against the named grid it
+  started from; the runs are scored on held-out seeds);
 * every deterministic peer on its own default grid and on Karras σ's: k-diffusion's ``euler heun dpmpp_2m lms``
   and ``dpmpp_3m_sde`` at η = 0 (Karras σ's, k-diffusion's own loops), and, on VP where diffusers' discrete
   schedules apply, diffusers' DDIM, Euler, Heun, DPM-Solver++ 2M and 3M, DEIS (tAB3) and UniPC, each on its default
@@ -34,6 +35,10 @@ How to run
 ----------
     python benchmarks/few_step_frontier.py --out results/frontier              # 4 problems × {edm, vp}
     python benchmarks/few_step_frontier.py --problems ring --sdes edm --budgets 6 10 --n-samples 200
+    # RESULTS.md §8: the cheap problems on more samples, then one table of all four
+    python benchmarks/few_step_frontier.py --problems ring grid high_dim --n-samples 2000 --calib-batch 1024 --out R
+    python benchmarks/few_step_frontier.py --problems digits --out R
+    python benchmarks/few_step_frontier.py --tables-only --out R
 """
 from __future__ import annotations
 
@@ -76,7 +81,7 @@ def bench_command(problem: str, sde: str, args: argparse.Namespace, out: Path) -
     return head + [f"testbed={problem}", f"sde={sde}", f"solver=[{','.join(args.solvers)}]",
                    f"grids=[{','.join(args.grids)}]", f"budgets=[{','.join(map(str, args.budgets))}]",
                    f"peers=[{','.join(peers)}]", f"kdiffusion=[{','.join(KDIFFUSION)}]", "metrics=[rmse]",
-                   f"n_samples={args.n_samples}", f"seed={args.seed}", f"threads={args.threads}", "progress=false",
+                   f"n_samples={args.n_samples}", f"grid_search_batch={args.calib_batch}", f"seed={args.seed}", f"threads={args.threads}", "progress=false",
                    f"out_dir={out}"] + [EXTRA[name] for name in args.extra]
 
 
@@ -158,6 +163,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "coefficients (order 4 on any grid); deis_logrho = DEIS extrapolating in log σ with "
                         "diffusers' lower_order_final (diffusers' DEIS)")
     p.add_argument("--n-samples", type=int, default=500)
+    p.add_argument("--calib-batch", type=int, default=256,
+                   help="samples in the optimized grids' calibration batch (scoresde-bench grid_search_batch; the "
+                        "last quarter of it validates each search, grid_search_validation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("results/few_step_frontier"))
