@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchdiffeq._impl.dopri5 import Dopri5Solver
-from torchdiffeq._impl.misc import _check_inputs
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+from torchdiffeq._impl.misc import Perturb, _check_inputs
+from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver, _compute_error_ratio, _RungeKuttaState
+from torchdiffeq._impl.rk_common import _runge_kutta_step as torchdiffeq_rk_step
 
 CONTROLS = ("hairer", "torchdiffeq")
 
@@ -38,29 +39,25 @@ DORMAND_PRINCE_ERROR = torch.tensor([71 / 57600, 0, -71 / 16695, 71 / 1920, -172
 
 
 class HairerControl:
-    """Mixin for an ``RKAdaptiveStepsizeODESolver``: after torchdiffeq's step, set the next step by HNW eq. (4.13).
+    """Mixin for an ``RKAdaptiveStepsizeODESolver``: torchdiffeq's solver (initial step, error norm, ``step_t``
+    clipping, ``min_step``/``max_step``, dense output, its ``integrate`` loop) with its own Runge–Kutta step and the
+    next step chosen by HNW eq. (4.13).
 
-    It reads the attempted (clipped) step from torchdiffeq's ``callback_accept_step`` / ``callback_reject_step``
-    and the error ratio from the norm, so torchdiffeq's step, clipping at ``step_t``/``jump_t`` and ``min_step``/
-    ``max_step`` handling stay its own."""
+    The step (:meth:`_runge_kutta_step`) computes what torchdiffeq's ``_runge_kutta_step`` computes, stage times and
+    ``Perturb`` flags included, with the stages kept as the rows of one contiguous (stages, n) matrix, so each stage
+    is one ``addmv`` (``y₀ + h·Kᵀβᵢ``, scipy's ``RK45`` form) instead of a strided product and sum over a trailing
+    stage axis, an autograd ``Function`` per stored stage and tensor-valued step arithmetic: on a free model that
+    was most of torchdiffeq's cost per evaluation (RESULTS.md §6). The stages are stored in place, so when the state
+    or the model's output carries a graph (a network with gradients on) the step is torchdiffeq's own, which keeps it
+    differentiable. ``jump_t`` is not taken."""
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        norm = self.norm
-
-        def recorded(tensor: Tensor) -> Tensor:
-            self._ratio = norm(tensor)
-            return self._ratio
-
-        self.norm = recorded
-        for name, accepted in (("callback_accept_step", True), ("callback_reject_step", False)):
-            inner = getattr(self.func, name)
-
-            def attempt(t0: Tensor, y0: Tensor, dt: Tensor, inner=inner, accepted=accepted) -> Any:
-                self._attempt = (dt, accepted)
-                return inner(t0, y0, dt)
-
-            setattr(self.func, name, attempt)
+        if self.jump_t is not None and len(self.jump_t):
+            raise ValueError("control='hairer' does not take jump_t")
+        tableau = self.tableau
+        self._alphas = [float(a) for a in tableau.alpha]
+        self._fsal = bool(tableau.c_sol[-1] == 0 and (tableau.c_sol[:-1] == tableau.beta[-1]).all())
         self._after_reject = False
         self.accepted = self.rejected = 0
         self.dense = True
@@ -72,19 +69,70 @@ class HairerControl:
             return super()._interp_fit(y0, y1, k, dt)
         return [y1, y1.new_zeros(())]
 
+    def _runge_kutta_step(self, y0: Tensor, f0: Tensor, t0: Tensor, dt: Tensor,
+                          t1: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One explicit Runge–Kutta step of the tableau: ``(y₁, f₁ = the last stage, error estimate, stages)``, the
+        stages as torchdiffeq lays them out, ``(*y.shape, stages)`` (a view of the (stages, n) matrix)."""
+        if torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad):  # a graph to keep: torchdiffeq's step
+            return torchdiffeq_rk_step(self.func, y0, f0, t0, dt, t1, tableau=self.tableau)
+        tableau, like = self.tableau, y0.dtype  # torchdiffeq evaluates the stage times in the state's dtype
+        t0, dt, t1 = t0.to(like), dt.to(like), t1.to(like)
+        h = float(dt)
+        flat = y0.reshape(-1)
+        stages = flat.new_empty((len(self._alphas) + 1, flat.numel()))
+        stages[0] = f0.reshape(-1)
+        y = flat
+        for i, (alpha, beta) in enumerate(zip(self._alphas, tableau.beta)):
+            t, perturb = (t1, Perturb.PREV) if alpha == 1.0 else (t0 + alpha * dt, Perturb.NONE)
+            y = torch.addmv(flat, stages[: i + 1].T, beta, alpha=h)
+            stages[i + 1] = self.func(t, y.view_as(y0), perturb=perturb).reshape(-1)
+        if not self._fsal:
+            y = torch.addmv(flat, stages.T, tableau.c_sol, alpha=h)
+        error = torch.mv(stages.T, tableau.c_error).mul_(h)
+        return y.view_as(y0), stages[-1].view_as(y0), error.view_as(y0), stages.T.reshape(*y0.shape, -1)
+
     def _adaptive_step(self, rk_state):
-        state = super()._adaptive_step(rk_state)
-        dt, accepted = self._attempt
-        ratio = torch.as_tensor(self._ratio, dtype=dt.dtype, device=dt.device)
-        factor = self.safety * ratio.clamp_min(1e-300) ** (-1.0 / self.order)
+        """torchdiffeq's adaptive step (its checks, ``step_t`` clipping, error ratio, accept rule and callbacks) on
+        :meth:`_runge_kutta_step`, with the next step from HNW eq. (4.13): facmax = 1 after a rejection."""
+        y0, f0, _, t0, dt, interp_coeff = rk_state
+        if not torch.isfinite(dt):
+            dt = self.min_step
+        dt = dt.clamp(self.min_step, self.max_step)
+        self.func.callback_step(t0, y0, dt)
+        if not t0 + dt > t0:  # the messages torchdiffeq's own step asserts (scoresde.solvers.ode reports them)
+            raise AssertionError(f"underflow in dt {dt.item()}")
+        if not bool(torch.isfinite(y0).all()):
+            raise AssertionError(f"non-finite values in state `y`: {y0}")
+        t1, on_step_t = t0 + dt, False
+        if len(self.step_t):
+            next_step_t = self.step_t[self.next_step_index]
+            on_step_t = bool(t0 < next_step_t < t0 + dt)
+            if on_step_t:
+                t1, dt = next_step_t, next_step_t - t0
+        y1, f1, error, stages = self._runge_kutta_step(y0, f0, t0, dt, t1)
+        ratio = _compute_error_ratio(error, self.rtol, self.atol, y0, y1, self.norm)
+        accepted = bool(ratio <= 1)
+        if dt > self.max_step:
+            accepted = False
+        if dt <= self.min_step:
+            accepted = True
+        factor = self.safety * ratio.to(dt.dtype).clamp_min(1e-300) ** (-1.0 / self.order)
         if accepted:
+            self.func.callback_accept_step(t0, y0, dt)
+            interp_coeff = self._interp_fit(y0, y1, stages, dt)
+            if on_step_t and self.next_step_index != len(self.step_t) - 1:
+                self.next_step_index += 1
+            t_next, y_next, f_next = t1, y1, f1
             factor = factor.clamp(max=1.0 if self._after_reject else self.ifactor)
             self.accepted += 1
         else:
+            self.func.callback_reject_step(t0, y0, dt)
+            t_next, y_next, f_next = t0, y0, f0
             factor = factor.clamp(min=self.dfactor)
             self.rejected += 1
         self._after_reject = not accepted
-        return state._replace(dt=(dt * factor).clamp(self.min_step, self.max_step))
+        dt_next = (dt * factor).clamp(self.min_step, self.max_step)
+        return _RungeKuttaState(y_next, f_next, t0, t_next, dt_next, interp_coeff)
 
 
 @cache
