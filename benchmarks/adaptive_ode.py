@@ -29,6 +29,7 @@ How to run
 ----------
     OMP_NUM_THREADS=1 python benchmarks/adaptive_ode.py --threads 1 [--out adaptive_ode.json]
     python benchmarks/adaptive_ode.py --limit 50 --batch 4 --tols 1e-3 --repeats 1 --sdes vp   # tiny
+    OMP_NUM_THREADS=1 python benchmarks/adaptive_ode.py --threads 1 --overhead --repeats 7   # integrators alone
 """
 from __future__ import annotations
 
@@ -173,9 +174,46 @@ def verdicts(rows: list[dict], slack: float = 1.05) -> str:
                  and (r["sde"], r["tol"]) == (sde_name, tol)]
         nfe = sum(r["nfe"] <= s["nfe"] for r, s in pairs)
         err = sum(r["error"] <= s["error"] * slack for r, s in pairs)
+        ratios = ", ".join(f"{r['ms'] / s['ms']:.2f}" for r, s in pairs)
         out.append(f"{sde_name} at {tol:g}: NFE ≤ scipy's in {nfe}/{len(pairs)}, error ≤ {slack}× scipy's in "
-                   f"{err}/{len(pairs)}")
+                   f"{err}/{len(pairs)}, time / scipy's {ratios}")
     return "; ".join(out)
+
+
+def integrator_overhead(repeats: int, shape: tuple[int, ...] = (64, 64), tol: float = 1e-9) -> dict[str, float]:
+    """Microseconds per evaluation each integrator spends besides the model, on a free model f(t, y) = −y(1 + 10t)
+    from t = 1 to 1e-3 in float64 (best of ``repeats`` interleaved runs): scoresde's controlled dopri5 (its own
+    Runge–Kutta step), torchdiffeq's ``odeint`` dopri5, and scipy's ``solve_ivp`` RK45 (score_sde's integrator,
+    on the flattened state, with the torch↔numpy round trip of score_sde's ``ode_func``)."""
+    y0 = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ts = torch.tensor([1.0, 1e-3], dtype=torch.float64)
+    calls = [0]
+
+    def f(t: Tensor, y: Tensor) -> Tensor:
+        calls[0] += 1
+        return -y * (1 + 10 * t)
+
+    def scipy_f(t: float, y: np.ndarray) -> np.ndarray:
+        return f(torch.tensor(t, dtype=torch.float64), torch.from_numpy(y).reshape(shape)).numpy().reshape(-1)
+
+    runs = {
+        "scoresde ode (controlled dopri5)": lambda: odeint_controlled(
+            f, y0, ts, Dopri5Solver, rtol=tol, atol=tol, options={"step_t": ts[1:]}, dense=False),
+        "torchdiffeq odeint dopri5": lambda: odeint(f, y0, ts, method="dopri5", rtol=tol, atol=tol,
+                                                    options={"step_t": ts[1:]}),
+        "scipy solve_ivp RK45": lambda: integrate.solve_ivp(scipy_f, (1.0, 1e-3), y0.numpy().reshape(-1),
+                                                            rtol=tol, atol=tol, method="RK45"),
+    }
+    best = {label: float("inf") for label in runs}
+    with torch.no_grad():
+        for r in range(repeats + 1):  # the first round warms up
+            for label, run in runs.items():
+                calls[0] = 0
+                with Stopwatch() as sw:
+                    run()
+                if r:
+                    best[label] = min(best[label], 1e6 * sw.seconds / calls[0])
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,8 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ablation", action="store_true", help="add HNW control with torchdiffeq's error estimator")
     p.add_argument("--out", default=None, help="write the rows as JSON")
+    p.add_argument("--overhead", action="store_true",
+                   help="only measure each integrator's own cost per evaluation on a free model")
     args = p.parse_args(argv)
     conditions = pin_conditions(args.threads)
+    if args.overhead:
+        for label, us in integrator_overhead(args.repeats).items():
+            print(f"{label}: {us:.0f} µs per evaluation")
+        conditions.load_after = load_average()
+        print(f"Machine: {platform.processor() or platform.machine()}, {conditions.describe()}, torch "
+              f"{torch.__version__}, {date.today()}")
+        return 0
     result = measure(args)
     conditions.load_after = load_average()
     print(table(result["rows"]))
