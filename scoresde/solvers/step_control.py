@@ -84,10 +84,10 @@ class HairerControl:
         y = flat
         for i, (alpha, beta) in enumerate(zip(self._alphas, tableau.beta)):
             t, perturb = (t1, Perturb.PREV) if alpha == 1.0 else (t0 + alpha * dt, Perturb.NONE)
-            y = torch.addmv(flat, stages[: i + 1].T, beta, alpha=h)
+            y = flat + torch.mv(stages[: i + 1].T, beta).mul_(h)  # scipy's RK45: y + (Kᵀa)·h
             stages[i + 1] = self.func(t, y.view_as(y0), perturb=perturb).reshape(-1)
         if not self._fsal:
-            y = torch.addmv(flat, stages.T, tableau.c_sol, alpha=h)
+            y = flat + torch.mv(stages.T, tableau.c_sol).mul_(h)
         error = torch.mv(stages.T, tableau.c_error).mul_(h)
         return y.view_as(y0), stages[-1].view_as(y0), error.view_as(y0), stages.T.reshape(*y0.shape, -1)
 
