@@ -227,9 +227,6 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
             x = solver.sample(model, calib, grid)
         return Errors.of(x, reference, rows)
 
-    def error(grid: TimeGrid) -> float:
-        return errors(grid).fit
-
     log_hi = math.log(float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64))))
     log_lo = math.log(float(sde.sigma(torch.tensor(sde.t_min, dtype=torch.float64))))
     named: dict[str, tuple[Errors, TimeGrid]] = {}
