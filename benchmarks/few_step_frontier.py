@@ -81,7 +81,8 @@ def bench_command(problem: str, sde: str, args: argparse.Namespace, out: Path) -
     return head + [f"testbed={problem}", f"sde={sde}", f"solver=[{','.join(args.solvers)}]",
                    f"grids=[{','.join(args.grids)}]", f"budgets=[{','.join(map(str, args.budgets))}]",
                    f"peers=[{','.join(peers)}]", f"kdiffusion=[{','.join(KDIFFUSION)}]", "metrics=[rmse]",
-                   f"n_samples={args.n_samples}", f"grid_search_batch={args.calib_batch}", f"seed={args.seed}", f"threads={args.threads}", "progress=false",
+                   f"n_samples={args.n_samples}", f"seed={args.seed}", f"threads={args.threads}", "progress=false",
+                   f"grid_search_batch={args.calib_batch}",
                    f"out_dir={out}"] + [EXTRA[name] for name in args.extra]
 
 
