@@ -6,9 +6,10 @@ the step retried after a rejection may grow again (up to ×10), so near t_min it
 Its ``dopri5`` also estimates the error with Shampine's 4th-order embedding, where Dormand & Prince (1980),
 Hairer's ``dopri5.f`` and scipy's ``RK45`` use the original one.
 
-``control="hairer"`` runs torchdiffeq's own Runge–Kutta step, initial step (HNW §II.4, the same rule as scipy's
+``control="hairer"`` keeps torchdiffeq's tableau, initial step (HNW §II.4, the same rule as scipy's
 ``select_initial_step``), error norm (RMS of ``err / (atol + rtol·max(|y₀|, |y₁|))`` over the whole state) and dense
-output, and replaces only the choice of the next step, HNW eq. (4.13):
+output; it takes the Runge–Kutta step itself (the same arithmetic, stored for speed: :class:`HairerControl`) and
+chooses the next step by HNW eq. (4.13):
 
     h_new = h · min(facmax, max(facmin, fac · err^(−1/q)))   (q: the method's order, 5 for dopri5)
 
@@ -45,9 +46,9 @@ class HairerControl:
 
     The step (:meth:`_runge_kutta_step`) computes what torchdiffeq's ``_runge_kutta_step`` computes, stage times and
     ``Perturb`` flags included, with the stages kept as the rows of one contiguous (stages, n) matrix, so each stage
-    is one ``addmv`` (``y₀ + h·Kᵀβᵢ``, scipy's ``RK45`` form) instead of a strided product and sum over a trailing
-    stage axis, an autograd ``Function`` per stored stage and tensor-valued step arithmetic: on a free model that
-    was most of torchdiffeq's cost per evaluation (RESULTS.md §6). The stages are stored in place, so when the state
+    is one matrix-vector product (``y₀ + (Kᵀβᵢ)·h``, scipy's ``RK45`` form) instead of a strided product and sum
+    over a trailing stage axis, an autograd ``Function`` per stored stage and tensor-valued step arithmetic: on a
+    free model that was most of torchdiffeq's cost per evaluation (RESULTS.md §6). The stages are stored in place, so when the state
     or the model's output carries a graph (a network with gradients on) the step is torchdiffeq's own, which keeps it
     differentiable. ``jump_t`` is not taken."""
 
@@ -106,7 +107,7 @@ class HairerControl:
         t1, on_step_t = t0 + dt, False
         if len(self.step_t):
             next_step_t = self.step_t[self.next_step_index]
-            on_step_t = bool(t0 < next_step_t < t0 + dt)
+            on_step_t = bool(t0 < next_step_t < t1)
             if on_step_t:
                 t1, dt = next_step_t, next_step_t - t0
         y1, f1, error, stages = self._runge_kutta_step(y0, f0, t0, dt, t1)
