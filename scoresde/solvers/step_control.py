@@ -48,9 +48,9 @@ class HairerControl:
     ``Perturb`` flags included, with the stages kept as the rows of one contiguous (stages, n) matrix, so each stage
     is one matrix-vector product (``y₀ + (Kᵀβᵢ)·h``, scipy's ``RK45`` form) instead of a strided product and sum
     over a trailing stage axis, an autograd ``Function`` per stored stage and tensor-valued step arithmetic: on a
-    free model that was most of torchdiffeq's cost per evaluation (RESULTS.md §6). The stages are stored in place, so when the state
-    or the model's output carries a graph (a network with gradients on) the step is torchdiffeq's own, which keeps it
-    differentiable. ``jump_t`` is not taken."""
+    free model that was most of torchdiffeq's cost per evaluation (RESULTS.md §6). The stages are stored in place,
+    so when the state or the model's output carries a graph (a network with gradients on) the step is torchdiffeq's
+    own, which keeps it differentiable. ``jump_t`` is not taken."""
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
