@@ -28,7 +28,7 @@ from scoresde.solvers.grids import grid_to_dict
 
 KEPT = ("start", "named_errors", "start_error", "calib_error", "fit_error", "start_fit_error", "validation_error",
         "start_validation_error", "searched_fit_error", "searched_validation_error", "kept", "validation_batch",
-        "evaluations", "search_nfe", "measured_search_nfe", "method", "batch")
+        "evaluations", "search_nfe", "declared_search_nfe", "remembered_calls", "method", "batch")
 
 
 def screened_grids(rho: float) -> tuple[str, ...]:

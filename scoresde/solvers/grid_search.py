@@ -5,6 +5,12 @@ grid is fitted the simplest honest way: the RMS distance between a solver's samp
 ODE solution from the same starting noise, on a calibration batch drawn from the model itself (no data), is
 minimised over the grid's interior noise levels, derivative-free, within a fixed budget of network evaluations.
 
+The budget counts network evaluations, not solves. The solves of a search share their first steps whenever a move
+leaves the grid's first points where they were, and those steps' model calls are answered from memory
+(:class:`~scoresde.models.memo.MemoModel`, exact: the same x and t give the model's own answer). The last stage of
+the search is built to profit: it moves one noise level at a time (:func:`refine_points`), so a move of a late point
+costs only the evaluations from that point on.
+
 On problems whose samples fall into sharp modes (an ideal denoiser over a few thousand images, Gaussians of
 width 0.05) that error is dominated by the few samples that end in another mode than the ODE's, and a search on a
 few hundred samples can fit exactly those. So part of the calibration batch is held out of the fit, and the searched
@@ -23,6 +29,7 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
+from scoresde.models.memo import MemoModel
 from scoresde.models.score_model import ScoreModel
 from scoresde.solvers.base import Solver, get_solver
 from scoresde.solvers.grids import TimeGrid, as_grid, grid_from_times, make_grid
@@ -73,13 +80,12 @@ def logits_of(grid: TimeGrid, log_lo: float) -> np.ndarray:
     return np.log(inc / inc.sum())
 
 
-def grid_of(sde: Any, z: np.ndarray, log_hi: float, log_lo: float, ends_at_data: bool, T: float,
-            t_min: float) -> TimeGrid:
-    """The monotone grid of logits z: ``log σ_k = log σ_0 − (log σ_0 − log σ_lo)·Σ_{j≤k} softmax(z)_j``."""
-    w = np.exp(z - z.max())
-    logs = log_hi - (log_hi - log_lo) * np.cumsum(w / w.sum())
-    inner = logs[:-1] if ends_at_data else logs
-    sigma = torch.tensor(np.exp(np.concatenate([[log_hi], inner])), dtype=torch.float64)
+def grid_of_points(sde: Any, log_sigmas: np.ndarray, log_hi: float, ends_at_data: bool, T: float,
+                   t_min: float) -> TimeGrid:
+    """The grid through σ(T) = e^{log_hi} and the noise levels ``exp(log_sigmas)`` (then the jump to the data, or
+    t_min as the last time). Built point by point, so two grids that share their first points share them bit for
+    bit (and the solver's states and model calls up to there, which :class:`MemoModel` then answers)."""
+    sigma = torch.tensor(np.exp(np.concatenate([[log_hi], log_sigmas])), dtype=torch.float64)
     t = sde.t_of_sigma(sigma)
     t[0] = T
     if ends_at_data:
@@ -87,6 +93,14 @@ def grid_of(sde: Any, z: np.ndarray, log_hi: float, log_lo: float, ends_at_data:
     else:
         t[-1] = t_min
     return grid_from_times(sde, t, "optimized", ends_at_data)
+
+
+def grid_of(sde: Any, z: np.ndarray, log_hi: float, log_lo: float, ends_at_data: bool, T: float,
+            t_min: float) -> TimeGrid:
+    """The monotone grid of logits z: ``log σ_k = log σ_0 − (log σ_0 − log σ_lo)·Σ_{j≤k} softmax(z)_j``."""
+    w = np.exp(z - z.max())
+    logs = log_hi - (log_hi - log_lo) * np.cumsum(w / w.sum())
+    return grid_of_points(sde, logs[:-1] if ends_at_data else logs, log_hi, ends_at_data, T, t_min)
 
 
 def reference_solution(model: ScoreModel, x_T: Tensor, ends_at_data: bool, rtol: float = 1e-8) -> Tensor:
@@ -138,6 +152,8 @@ class Errors:
 
 
 COARSE = 4  # smooth directions of the first search stage
+STAGES = (0.35, 0.6)  # shares of the budget at which the coarse and the full simplex stages end; the point-by-point
+# stage (refine_points) runs to the end of the budget
 
 
 def coarse_basis(n: int, k: int = COARSE) -> np.ndarray:
@@ -159,6 +175,42 @@ def search(objective: Any, dims: int, method: str, maxfev: int) -> Any:
     return minimize(objective, np.zeros(dims), method=method, options=options)
 
 
+class BudgetSpent(Exception):
+    """Raised by the objective when one more solve could take the search past its bound."""
+
+
+def refine_points(objective: Any, log_sigmas: np.ndarray, log_hi: float, log_lo: float, movable: int,
+                  step: float = 0.5, tol: float = 1e-3) -> None:
+    """Move the grid's noise levels one at a time, the others fixed (a compass search, Kolda, Lewis & Torczon 2003,
+    on one coordinate at a time; Align Your Steps, Sabour et al. 2024, also refines its schedule one time step at
+    a time). Point k lives between its neighbours as ``u = (log σ_{k−1} − log σ_k)/(log σ_{k−1} − log σ_{k+1})``,
+    searched in logit(u) (u held in [0.001, 0.999], as :func:`logits_of` floors increments), so every move keeps the
+    grid strictly decreasing; a move of ±``step`` that lowers the objective is taken and that point's step grows by
+    1.5, else it halves. Sweeps run from the last point to the
+    first, since with the model's evaluations remembered a move of point k costs only the evaluations from k on,
+    until every step is below ``tol`` or ``objective`` raises :class:`BudgetSpent`. ``objective(log_sigmas)``
+    returns the error (lower is better) and keeps the best point itself."""
+    points = np.array(log_sigmas, dtype=np.float64)
+    steps = np.full(movable, step)
+    current = objective(points)
+    while steps.max() >= tol:
+        for k in reversed(range(movable)):
+            upper = points[k - 1] if k > 0 else log_hi
+            lower = points[k + 1] if k + 1 < len(points) else log_lo
+            u = min(max((upper - points[k]) / (upper - lower), 1e-3), 1 - 1e-3)  # σ_k = σ_min (u = 1) can move too
+            logit = math.log(u / (1 - u))
+            for sign in (1.0, -1.0):
+                trial = points.copy()
+                trial[k] = upper - (upper - lower) * 0.5 * (1 + math.tanh(0.5 * (logit + sign * steps[k])))  # sigmoid
+                value = objective(trial)
+                if value < current:
+                    points, current = trial, value
+                    steps[k] *= 1.5
+                    break
+            else:
+                steps[k] *= 0.5
+
+
 def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequence[int] | None = None, *,
                   reference: Tensor | None = None, calib: Tensor | None = None, seed: int = 0,
                   denoise: bool = True, grids: Sequence[str] = NAMED_GRIDS, budget: float = 200.0,
@@ -177,13 +229,16 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
             points then include where the ODE stops) or grids that end at t_min.
         grids: the named grids tried first (for ``denoise``, each also stopped early at 4 higher σ_end); the
             search starts from the best of them on the calibration batch (``info["start"]`` names it).
-        budget: the search's cost bound in units of ``nfe``: screening plus optimisation use at most
-            ``budget·nfe`` evaluations (the reference solve is counted apart, in ``info``).
+        budget: the search's cost bound in units of ``nfe``: screening plus optimisation make at most ``budget·nfe``
+            network evaluations (model calls answered from memory are not evaluations; a solve is started only if it
+            fits the bound with none of its calls remembered; the reference solve is counted apart, in ``info``).
         method: scipy's derivative-free ``Nelder-Mead`` (adaptive, initial simplex of ±0.5 in the logits)
-            or ``Powell``; both deterministic, so the result is reproducible from ``seed``. The search runs coarse to
-            fine: half the evaluations along :data:`COARSE` smooth directions (:func:`coarse_basis`: hat functions
-            over the step index, so a 20-step grid is first bent as a whole, where a 20-dimensional simplex would
-            spend its budget on its first few moves), the rest on every logit from the best point found.
+            or ``Powell``; both deterministic, so the result is reproducible from ``seed``. The search runs in three
+            stages (:data:`STAGES`): to 35 % of the budget along :data:`COARSE` smooth directions
+            (:func:`coarse_basis`: hat functions over the step index, so a 20-step grid is first bent as a whole,
+            where a 20-dimensional simplex would spend its budget on its first few moves), to 60 % on every logit
+            from the best point found, and the rest one noise level at a time (:func:`refine_points`), where the
+            remembered calls make each move cheap.
         validation: the share of the calibration batch (its last rows) the search never fits: the start grid is the
             named grid best on the other rows (the *fit* rows), the search minimises the error on the fit rows only,
             and its grid is returned only if it is also better than the start grid on the validation rows; else the
@@ -192,7 +247,8 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
             the found grid whenever it beats the start on it. Each run is still one solve of the whole batch, so the
             split costs no evaluation.
         info: a dict to fill with the start grid, calibration errors (whole batch, fit rows, validation rows),
-            evaluations and NFE spent.
+            solves (``evaluations``), network evaluations spent (``search_nfe``), what the solves would have cost
+            with nothing remembered (``declared_search_nfe``) and the calls answered from memory (``remembered_calls``).
 
     The free parameters are the logits z of the increments of log σ between σ(T) and σ(t_min)
     (:func:`grid_of`): every z gives a strictly decreasing grid. The objective is log RMSE on the fit rows. If the
@@ -217,14 +273,22 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
     nfe_start = model.nfe
     if reference is None:
         reference = reference_solution(model, calib, denoise, rtol)
-    nfe_reference, spent, evals = model.nfe - nfe_start, 0, 0
+    nfe_reference, evals, declared = model.nfe - nfe_start, 0, 0
     rows = split_rows(int(calib.shape[0]), validation)
+    memo = MemoModel(model)  # the search's solves share their first steps: those calls are answered from memory
+    limit = budget * nfe
 
-    def errors(grid: TimeGrid) -> Errors:
-        nonlocal spent, evals
-        spent, evals = spent + solver.declared_nfe(grid), evals + 1
+    def spent() -> int:
+        return model.nfe - nfe_start - nfe_reference
+
+    def errors(grid: TimeGrid, bounded: bool = True) -> Errors:
+        nonlocal evals, declared
+        cost = solver.declared_nfe(grid)
+        if bounded and spent() + cost > limit:  # as if nothing were remembered: a strict bound
+            raise BudgetSpent
+        evals, declared = evals + 1, declared + cost
         with torch.no_grad():
-            x = solver.sample(model, calib, grid)
+            x = solver.sample(memo, calib, grid)
         return Errors.of(x, reference, rows)
 
     log_hi = math.log(float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64))))
@@ -233,42 +297,59 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
     for spec in screening_specs(grids, denoise, log_lo, log_hi):
         grid = budget_grid(solver, sde, nfe, spec, denoise)
         if grid is not None and grid.ends_at_data == denoise:
-            named[spec] = (errors(grid), grid)
+            named[spec] = (errors(grid, bounded=False), grid)
     if not named:
         raise ValueError(f"optimize_grid: no grid of {', '.join(grids)} fits {nfe} NFE for {solver.name}")
     start_kind = min(named, key=lambda k: named[k][0].fit)
     start_errors, start = named[start_kind]
     start_error = start_errors.fit
-    z0 = logits_of(start, log_lo)
-    evals_left = int((budget * nfe - spent) // max(solver.declared_nfe(start), 1))
+    best = {"grid": start, "errors": start_errors, "z": logits_of(start, log_lo)}  # the best on the fit rows so far
 
-    best = {"z": z0, "errors": start_errors}  # the best point on the fit rows so far, and its errors
-
-    def objective(z: np.ndarray) -> float:
+    def error_of(grid_of_x: Any, x: np.ndarray) -> float:
+        """log RMSE on the fit rows of the grid ``grid_of_x(x)`` (logits or noise levels); the best grid so far, and
+        its logits, are kept in ``best``."""
         try:
-            grid = grid_of(sde, z, log_hi, log_lo, denoise, sde.T, sde.t_min)
+            grid = grid_of_x(x)
         except ValueError:  # σ's no longer strictly decreasing at round-off: not a grid
             return math.inf
         found = errors(grid)
         if found.fit < best["errors"].fit:
-            best.update(z=np.array(z, copy=True), errors=found)
+            z = np.array(x, copy=True) if grid_of_x is of_logits else logits_of(grid, log_lo)
+            best.update(grid=grid, errors=found, z=z)
         return math.log(max(found.fit, 1e-300))
 
-    basis = coarse_basis(len(z0))
-    stages = [(basis, evals_left // 2), (np.eye(len(z0)), evals_left)] if basis.shape[1] < len(z0) else \
-        [(basis, evals_left)]
-    screened = evals
-    for directions, until in stages:  # coarse to fine: a few smooth directions first, then every logit
-        maxfev = until - (evals - screened)
-        if maxfev <= directions.shape[1] + 1:
-            break
-        z_from = best["z"]
-        search(lambda c, d=directions, z=z_from: objective(z + d @ c), directions.shape[1], method, maxfev)
+    def of_logits(z: np.ndarray) -> TimeGrid:
+        return grid_of(sde, z, log_hi, log_lo, denoise, sde.T, sde.t_min)
+
+    def of_points(points: np.ndarray) -> TimeGrid:
+        return grid_of_points(sde, points, log_hi, denoise, sde.T, sde.t_min)
+
+    dims = len(best["z"])
+    basis = coarse_basis(dims)
+    stages = [(basis, STAGES[0]), (np.eye(dims), STAGES[1])] if basis.shape[1] < dims else [(basis, STAGES[1])]
+    try:
+        for directions, share in stages:  # coarse to fine: a few smooth directions first, then every logit
+            stage_limit = share * limit
+
+            def in_stage(c: np.ndarray, d: np.ndarray = directions, z: np.ndarray = best["z"],
+                         until: float = stage_limit) -> float:
+                if spent() + nfe > until:
+                    raise BudgetSpent
+                return error_of(of_logits, z + d @ c)
+
+            try:
+                search(in_stage, directions.shape[1], method, maxfev=1 << 30)
+            except BudgetSpent:
+                pass
+        points = np.log(np.array([s for s in best["grid"].sigma_list[1:] if s > 0]))
+        refine_points(lambda p: error_of(of_points, p), points, log_hi, log_lo,
+                      movable=len(points) if denoise else len(points) - 1)
+    except BudgetSpent:
+        pass
     searched: Errors = best["errors"]
     found, found_errors, kept = start, start_errors, "start"
     if searched.fit < start_error and (rows.validation == 0 or searched.validation < start_errors.validation):
-        found = grid_of(sde, best["z"], log_hi, log_lo, denoise, sde.T, sde.t_min)
-        found_errors, kept = searched, "search"
+        found, found_errors, kept = best["grid"], searched, "search"
     if info is not None:
         info.update(solver=solver.name, options=solver.options(), nfe=nfe, steps=found.steps, start=start_kind,
                     named_errors={k: v[0].all for k, v in named.items()}, start_error=start_errors.all,
@@ -276,9 +357,10 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
                     validation_error=found_errors.validation_rmse, start_validation_error=start_errors.validation_rmse,
                     searched_fit_error=searched.fit, searched_validation_error=searched.validation_rmse,
                     kept=kept, validation_batch=rows.validation,
-                    evaluations=evals, search_nfe=spent, measured_search_nfe=model.nfe - nfe_start - nfe_reference,
+                    evaluations=evals, search_nfe=spent(), declared_search_nfe=declared, remembered_calls=memo.hits,
                     reference_nfe=nfe_reference, method=method, seed=seed, batch=int(calib.shape[0]))
     return found
 
 
-__all__ = ["NAMED_GRIDS", "budget_grid", "grid_of", "logits_of", "optimize_grid", "reference_solution"]
+__all__ = ["NAMED_GRIDS", "budget_grid", "grid_of", "grid_of_points", "logits_of", "optimize_grid", "refine_points",
+           "reference_solution"]
