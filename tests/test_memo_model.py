@@ -90,3 +90,9 @@ def test_refine_points_reaches_the_minimum_of_a_separable_objective():
     refine_points(tracked, np.array([3.0, 0.0, -5.0]), 4.0, -6.0, movable=3, tol=1e-6)
     assert np.allclose(best["points"], target, atol=1e-4)
     assert all(4.0 > p[0] > p[1] > p[2] > -6.0 for p in seen)
+
+
+def test_a_grid_with_merged_points_is_refused():
+    sde = sd.EDMSDE()
+    with pytest.raises(ValueError, match="decrease strictly"):
+        grid_of_points(sde, np.log([30.0, 2.0, 2.0]), math.log(80.0), True, sde.T, sde.t_min)

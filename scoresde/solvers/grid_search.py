@@ -84,8 +84,11 @@ def grid_of_points(sde: Any, log_sigmas: np.ndarray, log_hi: float, ends_at_data
                    t_min: float) -> TimeGrid:
     """The grid through σ(T) = e^{log_hi} and the noise levels ``exp(log_sigmas)`` (then the jump to the data, or
     t_min as the last time). Built point by point, so two grids that share their first points share them bit for
-    bit (and the solver's states and model calls up to there, which :class:`MemoModel` then answers)."""
+    bit (and the solver's states and model calls up to there, which :class:`MemoModel` then answers). Raises
+    ValueError unless the noise levels decrease strictly."""
     sigma = torch.tensor(np.exp(np.concatenate([[log_hi], log_sigmas])), dtype=torch.float64)
+    if not bool((sigma[1:] < sigma[:-1]).all()):  # two points merged at round-off: a step of length 0
+        raise ValueError("grid_of_points: the noise levels must decrease strictly")
     t = sde.t_of_sigma(sigma)
     t[0] = T
     if ends_at_data:
