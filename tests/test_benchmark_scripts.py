@@ -1,6 +1,7 @@
 """Every script in benchmarks/ runs on a tiny setting, prints its table and exits 0."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def test_every_script_has_a_tiny_setting():
     assert sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")) == sorted([*TINY, "make_gallery.py",
                                                                                  "model_quality.py",
                                                                                  "train_diffusers_unet.py",
-                                                                                 "few_step_frontier.py"])
+                                                                                 "few_step_frontier.py",
+                                                                                 "grid_search_draws.py"])
     # train_diffusers_unet.py: its tiny setting is tests/test_train_diffusers_unet.py
 
 
@@ -115,3 +117,23 @@ def test_few_step_frontier_prints_its_tables(tmp_path):
     assert "| dpmpp_3m@karras |" in proc.stdout and "| dpmpp_3m@stop_early |" in proc.stdout
     assert "| ratio (≤ 0.7) |" in proc.stdout and "| ratio (≤ 1.0) |" in proc.stdout and "# targets met:" in proc.stdout
     assert (tmp_path / "ring_edm" / "bench.json").is_file() and (tmp_path / "summary.json").is_file()
+
+
+def test_grid_search_draws_compares_with_an_earlier_search(tmp_path):
+    """One problem, one solver, one draw, a tiny budget, side by side with the search at the commit before the
+    memoized one: both rows, the summary and the JSON."""
+    if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", "9343310"], capture_output=True).returncode:
+        pytest.skip("not a git checkout with the history of grid_search.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "draws.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grid_search_draws.py"), "--problems", "ring:edm",
+                           "--solvers", "dpmpp_2m", "--nfe", "5", "--calib-seeds", "10000", "--calib-batch", "32",
+                           "--n-heldout", "32", "--budget", "40", "--previous", "9343310", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())
+    assert row["current"]["search_nfe"] <= 40 * 5 and row["previous"]["search_nfe"] <= 40 * 5
+    assert "best solver per problem x NFE x draw" in proc.stdout and "| ring/edm | 5 | 10000 |" in proc.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grid_search_draws.py"), "--problems", "moon:vp"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown testbed 'moon'" in bad.stderr

@@ -234,7 +234,8 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
             search starts from the best of them on the calibration batch (``info["start"]`` names it).
         budget: the search's cost bound in units of ``nfe``: screening plus optimisation make at most ``budget·nfe``
             network evaluations (model calls answered from memory are not evaluations; a solve is started only if it
-            fits the bound with none of its calls remembered; the reference solve is counted apart, in ``info``).
+            fits the bound with none of its calls remembered; the named grids are screened even where that alone
+            takes more; the reference solve is counted apart, in ``info``).
         method: scipy's derivative-free ``Nelder-Mead`` (adaptive, initial simplex of ±0.5 in the logits)
             or ``Powell``; both deterministic, so the result is reproducible from ``seed``. The search runs in three
             stages (:data:`STAGES`): to 35 % of the budget along :data:`COARSE` smooth directions
