@@ -39,8 +39,8 @@ class MemoModel(ScoreModel):
 
     @staticmethod
     def _key(x: Tensor, t: Tensor) -> tuple[float, ...]:
-        flat = x.detach().reshape(-1).double()
-        return tuple(torch.stack([flat.sum(), flat.abs().sum(), t.detach().reshape(-1)[0].double()]).tolist())
+        flat = x.detach().reshape(-1).float()  # float32: MPS has no float64; a key only narrows the exact comparison
+        return tuple(torch.stack([flat.sum(), flat.abs().sum(), t.detach().reshape(-1)[0].float()]).tolist())
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         t = as_time(t, x)
