@@ -42,7 +42,8 @@ class SweepSettings:
             list and one noise generator per run, from :func:`stream_seeds`: ~10× faster for stochastic solvers on
             small batches, one process only).
         floor_draws: exact sample sets each metric's floor averages over.
-        grid_search_budget: the ``optimized`` grid's search cost bound in units of the run's NFE.
+        grid_search_budget: the ``optimized`` grid's search cost bound (network evaluations made) in units of the run's
+            NFE.
         grid_search_batch: samples in the ``optimized`` grid's calibration batch (seeds after the sweep's own).
         grid_search_validation: the share of the calibration batch the search holds out to check its grid against
             the named grid it started from (``optimize_grid``'s ``validation``).
