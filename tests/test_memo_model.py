@@ -90,6 +90,9 @@ def test_refine_points_reaches_the_minimum_of_a_separable_objective():
     refine_points(tracked, np.array([3.0, 0.0, -5.0]), 4.0, -6.0, movable=3, tol=1e-6)
     assert np.allclose(best["points"], target, atol=1e-4)
     assert all(4.0 > p[0] > p[1] > p[2] > -6.0 for p in seen)
+    calls = len(seen)
+    refine_points(tracked, np.array([-6.0]), 4.0, -6.0, movable=0)  # a grid that ends at t_min with one step
+    assert len(seen) == calls
 
 
 def test_a_grid_with_merged_points_is_refused():

@@ -94,6 +94,15 @@ def test_reproducible_bounded_and_saved(tmp_path):
     # can coincide: the simplex moves by fixed steps, and a similar objective ranks its vertices alike)
 
 
+def test_a_grid_with_nothing_to_move_comes_back():
+    """One Euler step from T to t_min: no interior point, so the named grid is returned (and the point-by-point stage
+    has nothing to do)."""
+    model = sd.get_testbed("ring").model(sd.VPSDE())
+    info: dict = {}
+    found = optimize_grid(model, "euler", 1, (16, 2), denoise=False, budget=20, info=info)
+    assert found.steps == 1 and not found.ends_at_data and info["search_nfe"] <= 20
+
+
 def test_rejects_what_it_cannot_optimize():
     model = sd.get_testbed("ring").model(sd.VPSDE())
     with pytest.raises(ValueError, match="deterministic fixed-grid"):

@@ -189,10 +189,12 @@ def refine_points(objective: Any, log_sigmas: np.ndarray, log_hi: float, log_lo:
     a time). Point k lives between its neighbours as ``u = (log σ_{k−1} − log σ_k)/(log σ_{k−1} − log σ_{k+1})``,
     searched in logit(u) (u held in [0.001, 0.999], as :func:`logits_of` floors increments), so every move keeps the
     grid strictly decreasing; a move of ±``step`` that lowers the objective is taken and that point's step grows by
-    1.5, else it halves. Sweeps run from the last point to the
-    first, since with the model's evaluations remembered a move of point k costs only the evaluations from k on,
-    until every step is below ``tol`` or ``objective`` raises :class:`BudgetSpent`. ``objective(log_sigmas)``
-    returns the error (lower is better) and keeps the best point itself."""
+    1.5, else it halves. Sweeps run from the last point to the first, since with the model's evaluations remembered
+    a move of point k costs only the evaluations from k on, until every step is below ``tol`` or ``objective``
+    raises :class:`BudgetSpent`. ``objective(log_sigmas)`` returns the error (lower is better) and keeps the best
+    point itself. With nothing ``movable`` it does nothing."""
+    if movable < 1:
+        return
     points = np.array(log_sigmas, dtype=np.float64)
     steps = np.full(movable, step)
     current = objective(points)
