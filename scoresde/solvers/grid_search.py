@@ -312,16 +312,17 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int, shape: Sequ
     best = {"grid": start, "errors": start_errors, "z": logits_of(start, log_lo)}  # the best on the fit rows so far
 
     def error_of(grid_of_x: Any, x: np.ndarray) -> float:
-        """log RMSE on the fit rows of the grid ``grid_of_x(x)`` (logits or noise levels); the best grid so far, and
-        its logits, are kept in ``best``."""
+        """log RMSE on the fit rows of the grid ``grid_of_x(x)`` (logits or noise levels); the best grid so far is
+        kept in ``best``, with its logits when it came from the simplex stages (the stages that start from them)."""
         try:
             grid = grid_of_x(x)
         except ValueError:  # σ's no longer strictly decreasing at round-off: not a grid
             return math.inf
         found = errors(grid)
         if found.fit < best["errors"].fit:
-            z = np.array(x, copy=True) if grid_of_x is of_logits else logits_of(grid, log_lo)
-            best.update(grid=grid, errors=found, z=z)
+            best.update(grid=grid, errors=found)
+            if grid_of_x is of_logits:
+                best["z"] = np.array(x, copy=True)
         return math.log(max(found.fit, 1e-300))
 
     def of_logits(z: np.ndarray) -> TimeGrid:
